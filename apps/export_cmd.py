@@ -1,0 +1,39 @@
+"""`edgespec export SOURCE -o DIR`: build a tree-attention bundle."""
+
+from __future__ import annotations
+
+import click
+
+from .cli import cli
+
+
+@cli.command("export")
+@click.argument("source")
+@click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="bundle folder to write")
+@click.option("--quant", type=click.Choice(["int4", "int8", "fp16", "fp32"]), default="int4", show_default=True)
+@click.option("--block-size", type=int, default=32, show_default=True, help="int4/int8 quantization block size")
+@click.option("--accuracy-level", type=int, default=4, show_default=True,
+              help="MatMulNBits compute precision: 4 = int8, 1 = fp32")
+@click.option("--max-context", type=int, default=None, help="KV cache rows (default: min(model limit, 4096))")
+@click.option("--role", type=click.Choice(["target", "draft"]), default=None)
+@click.option("--force", is_flag=True, help="replace a non-empty output folder")
+@click.option("--no-parity", is_flag=True, help="skip the logits check against the source model")
+@click.option("--check", is_flag=True, help="also measure top-1 agreement and perplexity vs the source model")
+def export_command(source, output, quant, block_size, accuracy_level, max_context, role, force, no_parity, check):
+    """Export SOURCE (HF folder, .gguf file, or preset) to an ONNX bundle."""
+    from ..export.pipeline import ExportOptions, export
+    from ..quant.recipes import Recipe
+    recipe = Recipe(quant, block_size=block_size, accuracy_level=accuracy_level)
+    manifest = export(source, output, ExportOptions(recipe=recipe, max_context=max_context, role=role,
+                                                    force=force, parity=not no_parity))
+    p = manifest.parity
+    if p:
+        click.echo(f"parity vs source: max |logit diff| {p['max_abs_diff']:.4g}, "
+                   f"top-1 agreement {p['top1_agreement']:.1%} over {p['positions']} positions", err=True)
+    size = manifest.sizes.get("bundle_bytes", 0)
+    gguf = manifest.sizes.get("source_gguf_bytes")
+    click.echo(f"bundle {output}: {size / 2**20:.1f} MiB" +
+               (f" (source GGUF {gguf / 2**20:.1f} MiB)" if gguf else ""), err=True)
+    if check:
+        from ..quant.quality import quality_report, format_report
+        click.echo(format_report(quality_report(output)), err=True)

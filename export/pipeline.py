@@ -1,0 +1,163 @@
+"""SOURCE -> bundle: resolve, build, rewrite for tree attention, check parity, write manifest.
+
+The bundle is assembled in a hidden sibling folder and renamed into place at
+the end, and its manifest is written last: an interrupted export leaves
+nothing that looks like a bundle.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm import tqdm
+
+from .. import __version__
+from ..quant.recipes import Recipe
+from . import sources
+from .builder import build_graph
+from .errors import EdgespecError
+from .manifest import MANIFEST_NAME, Manifest
+from .parity import parity_report
+from .tokenizer_files import copy_tokenizer, stop_token_ids, tokenizer_sha256
+from .tree_attention import rewrite_file
+
+DEFAULT_MAX_CONTEXT = 4096
+_NP_DTYPES = {1: "float32", 10: "float16"}
+
+
+@dataclass
+class ExportOptions:
+    recipe: Recipe = Recipe()
+    max_context: int | None = None
+    role: str | None = None  # target/draft; presets know theirs
+    force: bool = False
+    parity: bool = True
+    threads: int | None = None
+
+
+def check_output_dir(out: Path, force: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise EdgespecError(f"output '{out}' exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise EdgespecError(f"output folder '{out}' is not empty; choose another -o or pass --force to replace it")
+
+
+def export(source: str, out: str | Path, options: ExportOptions | None = None) -> Manifest:
+    options = options or ExportOptions()
+    recipe = options.recipe.validate()
+    out = Path(out).absolute()
+    check_output_dir(out, options.force)
+    stages = ["resolve source", "build graph", "tree attention", "tokenizer", "parity", "finish"]
+    bar = tqdm(total=len(stages), desc="export", unit="stage", file=sys.stderr, leave=True)
+    work = out.parent / f".{out.name}.partial-{os.getpid()}"
+    started = time.time()
+    try:
+        bar.set_postfix_str(stages[0])
+        resolved = sources.resolve(source)
+        bar.update()
+        if work.exists():
+            shutil.rmtree(work)
+        work.mkdir(parents=True)
+        bar.set_postfix_str(stages[1])
+        build = work / "build"
+        build_graph(resolved.hf_dir, build, recipe, work / "cache", work / "builder.log")
+        bundle = work / "bundle"
+        bundle.mkdir()
+        for f in build.iterdir():
+            if f.name.startswith("model.onnx") or f.name == "genai_config.json":
+                shutil.move(str(f), bundle / f.name)
+        bar.update()
+        bar.set_postfix_str(stages[2])
+        shutil.copy2(bundle / "model.onnx", bundle / "model.genai.onnx")  # plain graph, same weights
+        rewrite_file(bundle / "model.onnx")
+        _point_genai_config(bundle / "genai_config.json", "model.genai.onnx")
+        bar.update()
+        bar.set_postfix_str(stages[3])
+        copy_tokenizer(resolved.hf_dir, bundle)
+        manifest = _manifest(resolved, bundle, recipe, options)
+        bar.update()
+        bar.set_postfix_str(stages[4])
+        if options.parity:
+            from transformers import AutoTokenizer
+            from ..runtime.session import Session, SessionOptions
+            tok = AutoTokenizer.from_pretrained(str(bundle))
+            session = Session(bundle, SessionOptions(threads=options.threads), manifest=manifest)
+            manifest.parity = parity_report(resolved.hf_dir, session, tok)
+            del session
+        bar.update()
+        bar.set_postfix_str(stages[5])
+        manifest.sizes = {
+            "bundle_bytes": sum(f.stat().st_size for f in bundle.iterdir()
+                                if f.name.startswith("model.onnx")),
+            "source_gguf_bytes": resolved.gguf_path.stat().st_size if resolved.gguf_path else None,
+            "export_seconds": round(time.time() - started, 1),
+        }
+        manifest.write(bundle)
+        if out.exists():
+            shutil.rmtree(out)
+        bundle.rename(out)
+        bar.update()
+    finally:
+        bar.close()
+        shutil.rmtree(work, ignore_errors=True)
+    return manifest
+
+
+def _manifest(resolved, bundle: Path, recipe: Recipe, options: ExportOptions) -> Manifest:
+    import onnx
+    from transformers import AutoTokenizer
+    config = json.loads((resolved.hf_dir / "config.json").read_text())
+    genai = json.loads((bundle / "genai_config.json").read_text())["model"]
+    decoder = genai["decoder"]
+    graph = onnx.load(str(bundle / "model.onnx"), load_external_data=False).graph
+    past = next(i for i in graph.input if i.name.startswith("past_key_values."))
+    io_dtype = _NP_DTYPES[past.type.tensor_type.elem_type]
+    # the rewrite declared attention_bias as float32; fp16 graphs need it in their io dtype
+    if io_dtype != "float32":
+        _retype_bias(bundle / "model.onnx", past.type.tensor_type.elem_type)
+    tok = AutoTokenizer.from_pretrained(str(bundle))
+    limit = int(config.get("max_position_embeddings") or genai.get("context_length") or DEFAULT_MAX_CONTEXT)
+    max_context = options.max_context or min(limit, DEFAULT_MAX_CONTEXT)
+    if max_context > limit:
+        raise EdgespecError(f"--max-context {max_context} exceeds the model's {limit} positions")
+    return Manifest(
+        architecture=config["model_type"],
+        role=options.role or getattr(resolved, "role", None) or "target",
+        vocab_size=int(genai["vocab_size"]),
+        tokenizer_sha256=tokenizer_sha256(bundle),
+        num_layers=int(decoder["num_hidden_layers"]),
+        num_heads=int(decoder["num_attention_heads"]),
+        num_kv_heads=int(decoder["num_key_value_heads"]),
+        head_dim=int(decoder["head_size"]),
+        hidden_size=int(decoder["hidden_size"]),
+        max_context=max_context,
+        io_dtype=io_dtype,
+        quant=recipe.to_dict(),
+        source={"kind": resolved.kind, "name": resolved.name, "sha256": resolved.source_sha256},
+        edgespec_version=__version__,
+        eos_token_ids=stop_token_ids(bundle, tok),
+        bos_token_id=tok.bos_token_id,
+        genai_model_file="model.genai.onnx",
+    )
+
+
+def _retype_bias(path: Path, elem_type: int) -> None:
+    import onnx
+    model = onnx.load(str(path), load_external_data=False)
+    for i in model.graph.input:
+        if i.name == "attention_bias":
+            i.type.tensor_type.elem_type = elem_type
+    onnx.save(model, str(path))
+
+
+def _point_genai_config(path: Path, filename: str) -> None:
+    """onnxruntime-genai keeps running the builder's own graph, for side-by-side baselines."""
+    config = json.loads(path.read_text())
+    config["model"]["decoder"]["filename"] = filename
+    path.write_text(json.dumps(config, indent=4) + "\n")

@@ -1,0 +1,58 @@
+"""Quantization recipes as data: what the builder is asked for, recorded in the manifest."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+PRECISIONS = ("int4", "int8", "fp16", "fp32")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    precision: str = "int4"
+    block_size: int = 32  # weights per quantization block (int4/int8)
+    accuracy_level: int = 4  # MatMulNBits compute type: 4 = int8 activations, 1 = fp32
+    symmetric: bool = True
+
+    def validate(self) -> "Recipe":
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"unknown quantization '{self.precision}'; choose one of {', '.join(PRECISIONS)}")
+        if self.block_size not in (16, 32, 64, 128, 256):
+            raise ValueError(f"block size must be one of 16, 32, 64, 128, 256 (got {self.block_size})")
+        if self.accuracy_level not in (0, 1, 2, 3, 4):
+            raise ValueError(f"accuracy level must be 0-4 (got {self.accuracy_level}); 4 = int8 compute, 1 = fp32")
+        return self
+
+    @property
+    def quantized(self) -> bool:
+        return self.precision in ("int4", "int8")
+
+    def builder_options(self) -> dict[str, str]:
+        """extra_options for onnxruntime-genai's model builder."""
+        if not self.quantized:
+            return {}
+        return {
+            "block_size": str(self.block_size),
+            "accuracy_level": str(self.accuracy_level),
+            "is_symmetric": str(self.symmetric).lower(),
+        }
+
+    def to_dict(self) -> dict:
+        data = dataclasses.asdict(self)
+        if not self.quantized:
+            data = {"precision": self.precision}
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Recipe":
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+RECIPES = {
+    "int4": Recipe("int4"),
+    "int8": Recipe("int8"),
+    "fp16": Recipe("fp16"),
+    "fp32": Recipe("fp32"),
+}

@@ -1,0 +1,239 @@
+"""The Python API: `edgespec.load(target, draft=None)` -> Generator with generate() and stream()."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from ..export.errors import EdgespecError
+from . import drafters
+from .detok import Detokenizer
+from .sampling import SamplingParams
+from .scheduler import Timing, decode_steps
+from .session import Session, SessionOptions
+
+
+@dataclass
+class Chunk:
+    text: str
+    token_ids: list[int]
+    from_draft: list[bool]
+
+
+@dataclass
+class Stats:
+    prompt_tokens: int = 0
+    new_tokens: int = 0
+    prefill_seconds: float = 0.0
+    decode_seconds: float = 0.0
+    draft_seconds: float = 0.0
+    verify_seconds: float = 0.0
+    overhead_seconds: float = 0.0
+    verify_passes: int = 0
+    proposed: int = 0
+    accepted: int = 0
+    drafter: str = "none"
+    finish_reason: str = ""
+
+    @property
+    def decode_tok_s(self) -> float:
+        return (self.new_tokens - 1) / self.decode_seconds if self.decode_seconds > 0 else 0.0
+
+    @property
+    def prefill_tok_s(self) -> float:
+        return self.prompt_tokens / self.prefill_seconds if self.prefill_seconds > 0 else 0.0
+
+    @property
+    def accepted_per_pass(self) -> float:
+        """Tokens emitted per target pass (accepted drafts + the target's own token)."""
+        return (self.new_tokens - 1) / self.verify_passes if self.verify_passes else 0.0
+
+    @property
+    def acceptance_rate(self) -> float:
+        return self.accepted / self.proposed if self.proposed else 0.0
+
+    def to_dict(self) -> dict:
+        d = dict(self.__dict__)
+        d.update(decode_tok_s=self.decode_tok_s, prefill_tok_s=self.prefill_tok_s,
+                 accepted_per_pass=self.accepted_per_pass, acceptance_rate=self.acceptance_rate)
+        return d
+
+    def summary(self) -> str:
+        s = (f"{self.new_tokens} tokens, {self.decode_tok_s:.1f} tok/s decode, "
+             f"prefill {self.prompt_tokens} tok in {self.prefill_seconds:.2f}s")
+        if self.proposed:
+            s += (f", drafter {self.drafter}: {self.accepted_per_pass:.2f} tok/pass, "
+                  f"acceptance {self.acceptance_rate:.0%}")
+        s += (f" | draft {self.draft_seconds:.2f}s verify {self.verify_seconds:.2f}s "
+              f"overhead {self.overhead_seconds:.2f}s")
+        return s
+
+
+@dataclass
+class Result:
+    text: str
+    token_ids: list[int]
+    stats: Stats
+    finish_reason: str
+
+
+def check_compatible(target: Session, draft: Session) -> None:
+    t, d = target.manifest, draft.manifest
+    problems = []
+    if t.vocab_size != d.vocab_size:
+        problems.append(f"vocabulary {d.vocab_size} vs target {t.vocab_size}")
+    if t.tokenizer_sha256 != d.tokenizer_sha256:
+        problems.append(f"tokenizer sha256 {d.tokenizer_sha256[:12]} vs target {t.tokenizer_sha256[:12]}")
+    if problems:
+        raise EdgespecError(
+            f"draft {draft.path.name} cannot draft for {target.path.name}: " + "; ".join(problems) +
+            ". Choose a draft exported from the same tokenizer, or --draft none")
+
+
+class Generator:
+    def __init__(self, target: Session, draft: Session | None = None, tree: bool = True,
+                 budget: int = 8, drafter: str | None = None):
+        from transformers import AutoTokenizer
+        self.target = target
+        self.draft = draft
+        if draft is not None:
+            check_compatible(target, draft)
+        self.tree = tree
+        self.budget = budget
+        self.drafter_name = drafter or ("model" if draft is not None else "none")
+        if self.drafter_name == "model" and draft is None:
+            raise EdgespecError("drafter 'model' needs a draft bundle (--draft)")
+        self.tokenizer = AutoTokenizer.from_pretrained(str(target.path))
+        self.eos = set(target.manifest.eos_token_ids)
+
+    def _drafter(self, params: SamplingParams):
+        if self.drafter_name == "none":
+            return None
+        if self.drafter_name == "model":
+            return drafters.ModelDrafter(self.draft, params, tree=self.tree)
+        return drafters.create(self.drafter_name)
+
+    def encode(self, prompt: str | Sequence[dict]) -> list[int]:
+        if isinstance(prompt, str):
+            if not prompt:
+                raise ValueError("prompt is empty; give some text or a list of messages")
+            return self.tokenizer.encode(prompt, add_special_tokens=False)
+        messages = list(prompt)
+        if not messages:
+            raise ValueError("messages list is empty")
+        for m in messages:
+            if not isinstance(m, dict) or "role" not in m or "content" not in m:
+                raise ValueError(f"each message needs 'role' and 'content' (got {m!r})")
+        if not self.tokenizer.chat_template:
+            raise EdgespecError(f"{self.target.path.name} has no chat template; pass a string prompt")
+        return list(self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                                       return_dict=False))
+
+    def stream(self, prompt, max_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0,
+               top_k: int = 0, seed: int | None = None, stop: str | Sequence[str] | None = None,
+               stats: Stats | None = None) -> Iterator[Chunk]:
+        params = SamplingParams(temperature, top_p, top_k, seed).validate()
+        if max_tokens < 1:
+            raise ValueError(f"max_tokens must be >= 1 (got {max_tokens})")
+        stops = [stop] if isinstance(stop, str) else list(stop or [])
+        ids = self.encode(prompt)
+        limit = self.target.max_len
+        if len(ids) >= limit:
+            raise ValueError(f"prompt of {len(ids)} tokens does not fit the {limit}-token context "
+                             f"of {self.target.path.name}; shorten it or export with a larger --max-context")
+        stats = stats if stats is not None else Stats()
+        stats.prompt_tokens = len(ids)
+        stats.drafter = self.drafter_name
+        timing = Timing()
+        drafter = self._drafter(params)
+        detok = Detokenizer(self.tokenizer)
+        text_so_far, held = "", ""
+        steps = decode_steps(self.target, ids, params, drafter, self.budget,
+                             np.random.default_rng(seed), timing)
+        t_start = time.perf_counter()
+        finish = "length"
+        try:
+            for step in steps:
+                tokens, flags = step.tokens, step.from_draft
+                for i, t in enumerate(tokens):
+                    if t in self.eos:
+                        tokens, flags, finish = tokens[:i], flags[:i], "stop"
+                        break
+                room = max_tokens - stats.new_tokens
+                tokens, flags = tokens[:room], flags[:room]
+                stats.new_tokens += len(tokens)
+                piece = detok.add(tokens) if tokens else ""
+                done = finish == "stop" or stats.new_tokens >= max_tokens
+                if done:
+                    piece += detok.flush()
+                text, cut = _apply_stops(held + piece, stops, text_so_far)
+                if cut:
+                    finish, done = "stop", True
+                    held = ""
+                else:  # hold back a tail that may be the start of a stop string
+                    keep = _stop_prefix_len(text, stops) if not done else 0
+                    text, held = text[:len(text) - keep], text[len(text) - keep:]
+                text_so_far += text
+                if text or tokens:
+                    yield Chunk(text, tokens, flags)
+                if done:
+                    break
+        finally:
+            steps.close()
+            if drafter is not None:
+                drafter.reset()
+            stats.finish_reason = finish
+            stats.prefill_seconds = timing.prefill
+            stats.decode_seconds = max(time.perf_counter() - t_start - timing.prefill, 0.0)
+            stats.draft_seconds = timing.draft
+            stats.verify_seconds = timing.verify
+            stats.overhead_seconds = max(stats.decode_seconds - timing.draft - timing.verify, 0.0)
+            stats.verify_passes = timing.passes
+            stats.proposed = timing.proposed
+            stats.accepted = timing.accepted
+
+    def generate(self, prompt, **kwargs) -> Result:
+        stats = Stats()
+        chunks = list(self.stream(prompt, stats=stats, **kwargs))
+        return Result("".join(c.text for c in chunks), [t for c in chunks for t in c.token_ids],
+                      stats, stats.finish_reason)
+
+
+def _apply_stops(text: str, stops: list[str], before: str) -> tuple[str, bool]:
+    """Cut `text` at the first stop string (which may start in already emitted text)."""
+    if not stops:
+        return text, False
+    full = before + text
+    hits = [full.find(s, max(len(before) - len(s) + 1, 0)) for s in stops]
+    hits = [h for h in hits if h >= 0]
+    if not hits:
+        return text, False
+    return full[len(before):min(hits)] if min(hits) >= len(before) else "", True
+
+
+def _stop_prefix_len(text: str, stops: list[str]) -> int:
+    """Length of the longest suffix of text that is a proper prefix of some stop string."""
+    best = 0
+    for s in stops:
+        for n in range(min(len(s) - 1, len(text)), 0, -1):
+            if text.endswith(s[:n]):
+                best = max(best, n)
+                break
+    return best
+
+
+def load(target: str | Path, draft: str | Path | None = None, *, tree: bool = True, budget: int = 8,
+         drafter: str | None = None, threads: int | None = None, provider: str = "cpu",
+         max_context: int | None = None) -> Generator:
+    """Load a target (bundle folder or preset) and optionally a draft, ready to generate."""
+    from ..export.bundles import bundle_path
+    options = SessionOptions(provider=provider, threads=threads, max_context=max_context)
+    target_session = Session(bundle_path(target), options)
+    draft_session = None
+    if draft not in (None, "none"):
+        draft_session = Session(bundle_path(draft), options)
+    return Generator(target_session, draft_session, tree=tree, budget=budget, drafter=drafter)

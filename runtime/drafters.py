@@ -1,0 +1,164 @@
+"""Drafters: `propose(context, budget) -> DraftTree`, registered by name.
+
+Every drafter proposes a tree rooted at context[-1] with at most `budget`
+nodes beyond the root, and learns from `observe(verdict)` how its last
+proposal fared (drafters that adapt their length use it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Protocol, Sequence
+
+import numpy as np
+
+from .sampling import SamplingParams, probabilities, sample
+from .session import Session
+from .tree import DraftTree
+from .verify import Verdict
+
+
+class Drafter(Protocol):
+    name: str
+
+    def propose(self, context: Sequence[int], budget: int) -> DraftTree: ...
+
+    def observe(self, verdict: Verdict) -> None: ...
+
+    def reset(self) -> None: ...
+
+
+REGISTRY: dict[str, Callable[..., Drafter]] = {}
+
+
+def register(name: str):
+    def wrap(factory):
+        REGISTRY[name] = factory
+        return factory
+    return wrap
+
+
+def create(name: str, **kwargs) -> Drafter:
+    if name not in REGISTRY:
+        raise ValueError(f"unknown drafter '{name}'; choose one of {', '.join(sorted(REGISTRY))}")
+    return REGISTRY[name](**kwargs)
+
+
+@dataclass
+class DraftLength:
+    """Adaptive chain length: grow after a fully accepted draft, shrink after a rejection.
+
+    (The schedule of HF assisted generation; the confidence stop in ModelDrafter
+    cuts a draft short where the draft itself is unsure.)
+    """
+    k: int = 3
+    k_min: int = 1
+    k_max: int = 8
+
+    def update(self, accepted: int, proposed_depth: int) -> None:
+        if proposed_depth and accepted >= proposed_depth:
+            self.k = min(self.k + 1, self.k_max)
+        elif accepted < proposed_depth:
+            self.k = max(self.k - 1, self.k_min)
+
+
+@register("model")
+class ModelDrafter:
+    """A small model drafts a chain, greedily or by sampling; `tree` adds top-k siblings.
+
+    The draft session's cache follows the context: before drafting, it is
+    rewound to the longest prefix it shares with the context and fed the rest
+    (the first call prefills the prompt). A tree is the draft's chain plus, at
+    each depth, the next most likely tokens as leaf siblings, kept while their
+    path probability stays above `branch_min_prob` and the node budget lasts:
+    the alternatives cost no extra draft step, only verify width.
+    """
+
+    name = "model"
+
+    def __init__(self, session: Session, params: SamplingParams = SamplingParams(), tree: bool = False,
+                 length: DraftLength | None = None, min_confidence: float = 0.3,
+                 branch_width: int = 2, branch_min_prob: float = 0.1, rng: np.random.Generator | None = None):
+        self.session = session
+        self.params = params
+        self.tree = tree
+        self.length = length or DraftLength()
+        self.min_confidence = min_confidence
+        self.branch_width = branch_width
+        self.branch_min_prob = branch_min_prob
+        self.rng = rng or np.random.default_rng(params.seed)
+        self.cached: list[int] = []  # tokens whose KV is in the draft cache
+        self._depth = 0
+
+    def reset(self) -> None:
+        self.session.reset()
+        self.cached = []
+
+    def _sync(self, context: Sequence[int]) -> np.ndarray:
+        """Bring the draft cache to `context`; return the draft logits after it [V]."""
+        n = 0
+        limit = min(len(self.cached), len(context) - 1)  # always re-feed at least the last token
+        while n < limit and self.cached[n] == context[n]:
+            n += 1
+        self.session.cache.rewind(self.session.cache.length - n)
+        self.cached = list(context)
+        return self.session.prefill(context[n:])
+
+    def propose(self, context: Sequence[int], budget: int) -> DraftTree:
+        tree = DraftTree(context[-1])
+        depth = min(self.length.k, budget, self.session.max_len - len(context) - 1)
+        if depth <= 0:
+            self._depth = 0
+            return tree
+        logits = self._sync(context)
+        node, used = 0, 0
+        greedy = self.params.greedy or self.tree
+        for d in range(depth):
+            p = probabilities(logits, self.params if not self.params.greedy else SamplingParams(temperature=1.0))
+            if greedy:
+                order = np.argsort(-p)[: 1 + (self.branch_width if self.tree else 0)]  # [width]
+                token, q = int(order[0]), None
+            else:
+                token, q = sample(p, self.rng), p
+            if d > 0 and float(p[token]) < self.min_confidence:
+                break  # the draft is unsure: verifying more would mostly waste target work
+            child = tree.add(node, token, q)
+            used += 1
+            if self.tree:
+                for alt in order[1:]:
+                    if used >= budget or float(p[alt]) < self.branch_min_prob:
+                        break
+                    tree.add(node, int(alt))
+                    used += 1
+            node = child
+            if d + 1 == depth or used >= budget:
+                break
+            logits = self.session.forward([token])[-1]
+            self.cached.append(token)
+        self._depth = tree.depths().max() if len(tree) > 1 else 0
+        return tree
+
+    def observe(self, verdict: Verdict) -> None:
+        self.length.update(verdict.num_accepted, int(self._depth))
+
+
+@register("ngram")
+def _ngram(**kwargs):
+    from .ngram import NgramDrafter
+    return _NgramAdapter(NgramDrafter(**kwargs))
+
+
+class _NgramAdapter:
+    name = "ngram"
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def propose(self, context, budget):
+        return self.inner.propose(context, budget)
+
+    def observe(self, verdict):
+        pass
+
+    def reset(self):
+        self.inner.reset()

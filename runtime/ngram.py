@@ -1,0 +1,78 @@
+"""Prompt lookup: a model-free drafter that copies what followed earlier n-grams.
+
+The suffix n-gram of the context (longest first, max_ngram down to min_ngram)
+is looked up among its earlier occurrences, most recent first; the tokens that
+followed each occurrence become a branch under the root, trie-merged, so
+distinct continuations give a small tree. An index from n-gram to the
+positions after its occurrences grows with the context, so a proposal costs
+O(matches), not O(context).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from .tree import DraftTree
+
+
+class NgramDrafter:
+    def __init__(self, max_ngram: int = 4, min_ngram: int = 1, max_draft: int = 10,
+                 max_branches: int = 4, max_matches: int = 16):
+        if not 1 <= min_ngram <= max_ngram:
+            raise ValueError(f"need 1 <= min_ngram <= max_ngram (got min_ngram={min_ngram}, "
+                             f"max_ngram={max_ngram})")
+        if max_draft < 1 or max_branches < 1 or max_matches < 1:
+            raise ValueError(f"max_draft, max_branches and max_matches must be >= 1 (got "
+                             f"{max_draft}, {max_branches}, {max_matches})")
+        self.max_ngram, self.min_ngram = max_ngram, min_ngram
+        self.max_draft = max_draft  # longest branch
+        self.max_branches = max_branches  # distinct continuations per proposal
+        self.max_matches = max_matches  # occurrences examined per n-gram length
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the context (call between unrelated sequences)."""
+        self.context: list[int] = []
+        # n-gram -> positions e (ascending) with context[e-n:e] == n-gram and e < len(context):
+        # every indexed occurrence has at least one following token, context[e].
+        self.index: dict[tuple[int, ...], list[int]] = {}
+
+    def _update(self, context: Sequence[int]) -> None:
+        old = self.context
+        n_old = len(old)
+        # Cheap continuity check: the context must extend the one we indexed.
+        if len(context) < n_old or (n_old and context[n_old - 1] != old[-1]):
+            self.reset()
+            n_old = 0
+        ctx = self.context
+        ctx.extend(int(t) for t in context[n_old:])
+        # new indexable ends: e in [n_old, len - 1] (an occurrence needs a follower)
+        for e in range(max(n_old, 1), len(ctx)):
+            for n in range(self.min_ngram, min(self.max_ngram, e) + 1):
+                self.index.setdefault(tuple(ctx[e - n:e]), []).append(e)
+
+    def propose(self, context: Sequence[int], budget: int) -> DraftTree:
+        """Draft tree with root context[-1] and at most `budget` nodes beyond it."""
+        if len(context) == 0:
+            raise ValueError("propose needs a non-empty context (its last token is the root)")
+        self._update(context)
+        ctx = self.context
+        tree = DraftTree(ctx[-1])
+        budget = max(int(budget), 0)
+        branches = 0
+        for n in range(min(self.max_ngram, len(ctx)), self.min_ngram - 1, -1):
+            ends = self.index.get(tuple(ctx[-n:]), ())
+            for e in reversed(ends[-self.max_matches:]):  # most recent first
+                if budget <= 0 or branches >= self.max_branches:
+                    return tree
+                cont = ctx[e:e + self.max_draft]
+                # walk the shared prefix, then add at most `budget` new nodes
+                node, j = 0, 0
+                while j < len(cont) and (c := tree.find_child(node, cont[j])) is not None:
+                    node, j = c, j + 1
+                new = cont[j:j + budget]
+                if new:
+                    tree.add_path(node, new)
+                    budget -= len(new)
+                    branches += 1
+        return tree

@@ -1,0 +1,153 @@
+"""One ONNX Runtime session over a bundle, with a preallocated KV cache.
+
+Past and present are bound to the *same* buffer through IOBinding: the graph
+reads the cache and writes the new rows in place, so a step costs nothing that
+grows with the context, and rolling back is an offset change.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from ..export.manifest import Manifest, read_manifest
+
+
+class KVCache:
+    """Key and value buffers of every layer, `length` rows of which are valid."""
+
+    def __init__(self, num_layers: int, num_kv_heads: int, head_dim: int, max_len: int, dtype):
+        shape = (1, num_kv_heads, max_len, head_dim)  # [1, kv_heads, max_len, head_dim]
+        self.keys = [np.zeros(shape, dtype) for _ in range(num_layers)]
+        self.values = [np.zeros(shape, dtype) for _ in range(num_layers)]
+        self.key_values = [ort.OrtValue.ortvalue_from_numpy(a) for a in self.keys]
+        self.value_values = [ort.OrtValue.ortvalue_from_numpy(a) for a in self.values]
+        self.max_len = max_len
+        self.length = 0
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in self.keys) + sum(a.nbytes for a in self.values)
+
+    def keep(self, start: int, indices) -> None:
+        """Keep rows start+indices (ascending) as rows start.., drop the rest after start.
+
+        After a tree pass the cache holds one row per node; this moves the
+        accepted path into place so the cache equals a chain run over it.
+        """
+        idx = np.asarray(indices, dtype=np.int64)
+        assert idx.ndim == 1 and np.all(np.diff(idx) > 0), "keep() needs ascending node indices"
+        n = len(idx)
+        if not np.array_equal(idx, np.arange(n)):
+            src = start + idx
+            for a in self.keys + self.values:
+                a[:, :, start:start + n] = a[:, :, src]  # fancy index copies first: overlap-safe
+        self.length = start + n
+
+    def rewind(self, n: int) -> None:
+        """Forget the last n rows."""
+        if not 0 <= n <= self.length:
+            raise ValueError(f"cannot rewind {n} of {self.length} cached tokens")
+        self.length -= n
+
+
+@dataclass
+class SessionOptions:
+    provider: str = "CPUExecutionProvider"
+    threads: int | None = None  # intra-op threads; None = physical cores
+    max_context: int | None = None  # KV rows to preallocate; None = the manifest's
+
+
+def physical_cores() -> int:
+    import psutil
+    return psutil.cpu_count(logical=False) or psutil.cpu_count() or 1
+
+
+class Session:
+    """forward(tokens, positions, bias) over a bundle, appending to its KV cache."""
+
+    def __init__(self, bundle: str | Path, options: SessionOptions | None = None,
+                 manifest: Manifest | None = None):
+        options = options or SessionOptions()
+        self.path = Path(bundle)
+        self.manifest = manifest or read_manifest(self.path)
+        m = self.manifest
+        from ..devices.providers import session_providers
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = options.threads or physical_cores()
+        so.inter_op_num_threads = 1
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.threads = so.intra_op_num_threads
+        self.providers = session_providers(options.provider)
+        self.sess = ort.InferenceSession(str(self.path / m.model_file), so, providers=self.providers)
+        self.dtype = np.dtype(m.io_dtype)
+        self.max_len = min(options.max_context or m.max_context, m.max_context)
+        self.cache = KVCache(m.num_layers, m.num_kv_heads, m.head_dim, self.max_len, self.dtype)
+        names = m.inputs
+        self._past = [(names["past_key"] % i, names["past_value"] % i) for i in range(m.num_layers)]
+        self._present = [(m.outputs["present_key"] % i, m.outputs["present_value"] % i)
+                         for i in range(m.num_layers)]
+
+    @property
+    def vocab_size(self) -> int:
+        return self.manifest.vocab_size
+
+    def forward(self, tokens, positions=None, bias=None) -> np.ndarray:
+        """Run `tokens` after the cached ones; return logits [S, vocab] (float32).
+
+        positions: int64 [S] absolute positions (default: a chain after the cache).
+        bias: float [S, cache.length + S] additive attention bias (default: causal).
+        The new rows land at cache.length.. and cache.length grows by S.
+        """
+        tokens = np.asarray(tokens, dtype=np.int64).reshape(1, -1)  # [1, S]
+        s = tokens.shape[1]
+        past = self.cache.length
+        total = past + s
+        if total > self.max_len:
+            raise ValueError(f"context full: {past} cached + {s} new tokens exceed the "
+                             f"{self.max_len}-token context of {self.path.name}")
+        if positions is None:
+            positions = np.arange(past, total, dtype=np.int64)
+        if bias is None:
+            bias = causal_bias(past, s, self.dtype)
+        m = self.manifest
+        b = self.sess.io_binding()
+        b.bind_cpu_input(m.inputs["input_ids"], tokens)
+        b.bind_cpu_input(m.inputs["attention_mask"], np.ones((1, total), np.int64))  # [1, T]
+        b.bind_cpu_input(m.inputs["position_ids"], np.asarray(positions, np.int64).reshape(1, s))  # [1, S]
+        b.bind_cpu_input(m.inputs["attention_bias"],
+                         np.ascontiguousarray(bias, dtype=self.dtype).reshape(1, 1, s, total))  # [1, 1, S, T]
+        b.bind_output(m.outputs["logits"])
+        for layer, ((pk, pv), (ok, ov)) in enumerate(zip(self._past, self._present)):
+            k, v = self.cache.key_values[layer], self.cache.value_values[layer]
+            b.bind_ortvalue_input(pk, k)
+            b.bind_ortvalue_input(pv, v)
+            b.bind_ortvalue_output(ok, k)
+            b.bind_ortvalue_output(ov, v)
+        self.sess.run_with_iobinding(b)
+        self.cache.length = total
+        logits = b.get_outputs()[0].numpy()[0]  # [S, vocab]
+        return logits.astype(np.float32, copy=False)
+
+    def prefill(self, tokens, chunk: int = 256) -> np.ndarray:
+        """Feed a prompt in chunks (bounded activation memory); return the last logits [vocab]."""
+        tokens = list(tokens)
+        if not tokens:
+            raise ValueError("prefill needs at least one token")
+        logits = None
+        for i in range(0, len(tokens), chunk):
+            logits = self.forward(tokens[i:i + chunk])
+        return logits[-1]
+
+    def reset(self) -> None:
+        self.cache.length = 0
+
+
+def causal_bias(past: int, s: int, dtype=np.float32) -> np.ndarray:
+    """[S, past+S] bias: every cached token visible, new tokens causal among themselves."""
+    bias = np.zeros((s, past + s), dtype)
+    bias[:, past:] = np.triu(np.full((s, s), -np.inf, dtype), 1)
+    return bias
