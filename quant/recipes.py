@@ -32,11 +32,16 @@ class Recipe:
         """extra_options for onnxruntime-genai's model builder."""
         if not self.quantized:
             return {}
-        return {
+        options = {
             "block_size": str(self.block_size),
             "accuracy_level": str(self.accuracy_level),
             "is_symmetric": str(self.symmetric).lower(),
         }
+        if self.precision == "int4":
+            # Quantize the embedding table too (GatherBlockQuantized, int4 only), also for GGUFs
+            # whose LM head is stored untied: an fp32 table would make the bundle larger than its GGUF.
+            options["op_types_to_quantize"] = "MatMul/Gather"
+        return options
 
     def to_dict(self) -> dict:
         data = dataclasses.asdict(self)

@@ -115,13 +115,15 @@ class ModelDrafter:
         greedy = self.params.greedy or self.tree
         for d in range(depth):
             p = probabilities(logits, self.params if not self.params.greedy else SamplingParams(temperature=1.0))
+            # Stop on the draft's confidence *before* drawing: a stop that looked at the drawn
+            # token would change the proposal distribution q and bias sampled output.
+            if d > 0 and float(p.max()) < self.min_confidence:
+                break  # the draft is unsure: verifying more would mostly waste target work
             if greedy:
                 order = np.argsort(-p)[: 1 + (self.branch_width if self.tree else 0)]  # [width]
                 token, q = int(order[0]), None
             else:
                 token, q = sample(p, self.rng), p
-            if d > 0 and float(p[token]) < self.min_confidence:
-                break  # the draft is unsure: verifying more would mostly waste target work
             child = tree.add(node, token, q)
             used += 1
             if self.tree:

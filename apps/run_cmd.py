@@ -1,0 +1,71 @@
+"""`edgespec run "PROMPT"`: one prompt, text streamed to stdout, stats to stderr."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from .cli import cli
+
+DEFAULT_TARGET = "qwen2.5-coder-1.5b"
+DEFAULT_DRAFT = "qwen2.5-coder-0.5b"
+
+
+def model_options(f):
+    """Flags shared by run and chat."""
+    options = [
+        click.option("--target", default=DEFAULT_TARGET, show_default=True, help="bundle folder or preset"),
+        click.option("--draft", default=DEFAULT_DRAFT, show_default=True, help="bundle, preset, or 'none'"),
+        click.option("--drafter", type=click.Choice(["model", "ngram", "none"]), default=None,
+                     help="default: model when a draft is given, else none"),
+        click.option("--tree/--chain", default=True, show_default=True, help="draft a token tree or a chain"),
+        click.option("--budget", type=int, default=8, show_default=True, help="max drafted tokens per pass"),
+        click.option("--threads", type=int, default=None, help="intra-op threads (default: physical cores)"),
+        click.option("--provider", default="cpu", show_default=True, help="execution provider"),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def sampling_options(f):
+    options = [
+        click.option("--max-tokens", type=int, default=256, show_default=True),
+        click.option("--temperature", type=float, default=0.0, show_default=True, help="0 = greedy"),
+        click.option("--top-p", type=float, default=1.0, show_default=True),
+        click.option("--top-k", type=int, default=0, show_default=True, help="0 = off"),
+        click.option("--seed", type=int, default=None),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def load_generator(target, draft, drafter, tree, budget, threads, provider):
+    from ..runtime.api import load
+    if drafter in ("ngram", "none"):
+        draft = None
+    return load(target, None if draft == "none" else draft, tree=tree, budget=budget,
+                drafter=drafter, threads=threads, provider=provider)
+
+
+@cli.command("run")
+@click.argument("prompt")
+@model_options
+@sampling_options
+@click.option("--raw", is_flag=True, help="feed the prompt as is, without the chat template")
+@click.option("--stop", multiple=True, help="stop string (repeatable)")
+def run_command(prompt, target, draft, drafter, tree, budget, threads, provider,
+                max_tokens, temperature, top_p, top_k, seed, raw, stop):
+    """Generate a reply to PROMPT, streamed."""
+    gen = load_generator(target, draft, drafter, tree, budget, threads, provider)
+    request = prompt if raw else [{"role": "user", "content": prompt}]
+    from ..runtime.api import Stats
+    stats = Stats()
+    for chunk in gen.stream(request, max_tokens=max_tokens, temperature=temperature, top_p=top_p,
+                            top_k=top_k, seed=seed, stop=list(stop), stats=stats):
+        sys.stdout.write(chunk.text)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+    click.echo(stats.summary(), err=True)

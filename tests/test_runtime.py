@@ -1,0 +1,242 @@
+"""Runtime: KV cache operations, lossless speculative decoding, exact sampling, bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from edgespec.export.errors import EdgespecError
+from edgespec.runtime.api import Generator
+from edgespec.runtime.drafters import ModelDrafter
+from edgespec.runtime.sampling import SamplingParams, probabilities
+from edgespec.runtime.scheduler import decode_steps
+from edgespec.runtime.session import Session, SessionOptions
+from edgespec.runtime.tree import DraftTree
+
+PROMPT = "def add(a, b):\n    return"
+
+
+@pytest.fixture(scope="module")
+def target(tiny_bundle):
+    return Session(tiny_bundle)
+
+
+@pytest.fixture(scope="module")
+def draft(tiny_draft_bundle):
+    return Session(tiny_draft_bundle)
+
+
+@pytest.fixture(scope="module")
+def self_draft(tiny_bundle):
+    return Session(tiny_bundle)
+
+
+def test_keep_equals_fresh_chain(target):
+    """After a tree pass and keep(path), the cache and the next logits equal a chain run."""
+    prompt = [5, 17, 33, 2, 99]
+    target.reset()
+    target.prefill(prompt)
+    past = target.cache.length
+    tree = DraftTree(40)
+    a = tree.add(0, 41)
+    tree.add(0, 42)
+    b = tree.add(a, 43)
+    tree.add(a, 44)
+    target.forward(tree.tokens, tree.position_ids(past)[0], tree.attention_bias(past)[0, 0])
+    target.cache.keep(past, [0, a, b])
+    kept = [k[:, :, :target.cache.length].copy() for k in target.cache.keys]
+    after = target.forward([45])
+    target.reset()
+    fresh = target.forward(prompt + [40, 41, 43, 45])
+    for k, f in zip(kept, target.cache.keys):
+        assert np.abs(k - f[:, :, :k.shape[2]]).max() < 1e-5
+    assert np.abs(after[-1] - fresh[-1]).max() < 1e-4
+
+
+def test_rewind_then_regenerate(target):
+    target.reset()
+    ref = target.forward([1, 2, 3, 4, 5, 6])[-1]
+    target.cache.rewind(3)
+    again = target.forward([4, 5, 6])[-1]
+    assert np.abs(ref - again).max() < 1e-5
+    with pytest.raises(ValueError, match="cannot rewind 99 of 6"):
+        target.cache.rewind(99)
+
+
+def _greedy(gen, **kw):
+    return gen.generate(PROMPT, max_tokens=48, **kw)
+
+
+@pytest.mark.parametrize("tree", [False, True])
+def test_speculative_greedy_equals_plain(target, draft, tree):
+    plain = _greedy(Generator(target))
+    spec = _greedy(Generator(target, draft, tree=tree))
+    assert spec.token_ids == plain.token_ids
+    assert spec.text == plain.text
+    st = spec.stats
+    assert 0 < st.accepted < st.proposed, "a different draft must be partly rejected"
+    assert st.verify_passes < plain.stats.verify_passes
+
+
+def test_self_draft_accepts_everything(target, self_draft):
+    spec = _greedy(Generator(target, self_draft, tree=False))
+    assert spec.stats.acceptance_rate == 1.0
+    assert spec.token_ids == _greedy(Generator(target)).token_ids
+
+
+def test_ngram_drafter_greedy_equals_plain(target):
+    plain = _greedy(Generator(target))
+    spec = _greedy(Generator(target, drafter="ngram"))
+    assert spec.token_ids == plain.token_ids and spec.stats.proposed > 0
+
+
+def _first_tokens(target, draft, params, n_tokens, tree, runs, seed):
+    rng = np.random.default_rng(seed)
+    prompt = [5, 17, 33, 2, 99]
+    counts = {}
+    for _ in range(runs):
+        drafter = ModelDrafter(draft, params, tree=tree, rng=rng) if draft is not None else None
+        out = []
+        for step in decode_steps(target, prompt, params, drafter, budget=4, rng=rng):
+            out.extend(step.tokens)
+            if len(out) >= n_tokens:
+                break
+        key = tuple(out[:n_tokens])
+        counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+def _exact_distribution(target, params, n_tokens):
+    """Enumerate the target's distribution over its first n tokens (top-k keeps this small)."""
+    prompt = [5, 17, 33, 2, 99]
+    dist = {(): 1.0}
+    for _ in range(n_tokens):
+        nxt = {}
+        for seq, p in dist.items():
+            target.reset()
+            probs = probabilities(target.forward(prompt + list(seq))[-1], params)
+            for t in np.flatnonzero(probs > 0):
+                nxt[seq + (int(t),)] = p * probs[t]
+        dist = nxt
+    return dist
+
+
+def _chi_square_pvalue(counts, dist, runs):
+    """Pearson chi-square, cells with expectation < 5 pooled; Wilson-Hilferty p-value."""
+    from math import erf, sqrt
+    if any(k not in dist for k in counts):
+        return 0.0  # a sequence the target can never produce
+    obs, exp, pooled_o, pooled_e = [], [], 0, 0.0
+    for k, p in dist.items():
+        e = p * runs
+        if e < 5:
+            pooled_o += counts.get(k, 0)
+            pooled_e += e
+        else:
+            obs.append(counts.get(k, 0))
+            exp.append(e)
+    if pooled_e > 0:
+        obs.append(pooled_o)
+        exp.append(pooled_e)
+    stat = sum((o - e) ** 2 / e for o, e in zip(obs, exp))
+    df = len(obs) - 1
+    z = ((stat / df) ** (1 / 3) - (1 - 2 / (9 * df))) / sqrt(2 / (9 * df))
+    return 0.5 * (1 - erf(z / sqrt(2)))
+
+
+@pytest.mark.parametrize("mode", ["plain", "chain", "tree"])
+def test_sampling_is_exact(target, draft, mode):
+    """First 3 tokens at temperature 0.9, top-k 4 (64 outcomes) over 3000 runs follow the target's
+    exact distribution: chi-square p-value > 1e-3, and total variation < 0.10 (sampling noise alone
+    gives ~0.06 at this size: 64 cells, 3000 draws)."""
+    params = SamplingParams(temperature=0.9, top_k=4)
+    runs = 3000
+    counts = _first_tokens(target, None if mode == "plain" else draft, params, 3, mode == "tree", runs, 11)
+    dist = _exact_distribution(target, params, 3)
+    tv = 0.5 * sum(abs(counts.get(k, 0) / runs - dist.get(k, 0.0)) for k in set(dist) | set(counts))
+    assert _chi_square_pvalue(counts, dist, runs) > 1e-3
+    assert tv < 0.10
+
+
+def test_sampling_test_has_power(target):
+    """The same check rejects a sampler that is slightly off (temperature 1.2 instead of 0.9)."""
+    runs = 3000
+    counts = _first_tokens(target, None, SamplingParams(temperature=1.2, top_k=4), 3, False, runs, 11)
+    dist = _exact_distribution(target, SamplingParams(temperature=0.9, top_k=4), 3)
+    assert _chi_square_pvalue(counts, dist, runs) < 1e-3
+
+
+def test_stop_string_and_max_tokens(target):
+    gen = Generator(target)
+    full = gen.generate(PROMPT, max_tokens=30)
+    assert full.finish_reason == "length" and full.stats.new_tokens == 30
+    stop = full.text[5:8]
+    cut = gen.generate(PROMPT, max_tokens=30, stop=[stop])
+    assert cut.text == full.text[:full.text.index(stop)] and cut.finish_reason == "stop"
+    streamed = "".join(c.text for c in gen.stream(PROMPT, max_tokens=30))
+    assert streamed == full.text
+
+
+def test_chat_messages_use_template(target):
+    gen = Generator(target)
+    ids = gen.encode([{"role": "user", "content": "hi"}])
+    assert gen.tokenizer.decode(ids).startswith("<|im_start|>user\nhi<|im_end|>")
+
+
+# -- bad input ---------------------------------------------------------------------------------
+
+def test_bad_sampling_values(target):
+    gen = Generator(target)
+    with pytest.raises(ValueError, match=r"temperature must be >= 0 \(got -0.5\)"):
+        gen.generate(PROMPT, temperature=-0.5)
+    with pytest.raises(ValueError, match=r"top_p must be in \(0, 1\] \(got 1.5\)"):
+        gen.generate(PROMPT, top_p=1.5)
+    with pytest.raises(ValueError, match=r"top_p must be in \(0, 1\] \(got 0"):
+        gen.generate(PROMPT, top_p=0)
+    with pytest.raises(ValueError, match="prompt is empty"):
+        gen.generate("")
+
+
+def test_prompt_longer_than_context(tiny_bundle):
+    gen = Generator(Session(tiny_bundle, SessionOptions(max_context=16)))
+    with pytest.raises(ValueError, match="does not fit the 16-token context"):
+        gen.generate("x " * 40)
+
+
+def test_mismatched_tokenizer(tiny_bundle, tmp_path):
+    from edgespec.export.pipeline import ExportOptions, export
+    from edgespec.quant.recipes import Recipe
+    from tiny_models import make_hf_model
+    hf = make_hf_model(tmp_path / "other", "llama", seed=3, vocab_size=300, train_steps=0)
+    export(str(hf), tmp_path / "b", ExportOptions(recipe=Recipe("fp32"), parity=False))
+    with pytest.raises(EdgespecError, match="cannot draft for .*vocabulary 300 vs target 320; tokenizer sha256"):
+        Generator(Session(tiny_bundle), Session(tmp_path / "b"))
+
+
+def _run_cli(*args):
+    from edgespec.apps import run_cmd  # noqa: F401
+    from edgespec.apps.cli import cli
+    return CliRunner().invoke(cli, ["run", *map(str, args)])
+
+
+def test_cli_run_streams_and_reports(tiny_bundle, tiny_draft_bundle):
+    r = _run_cli(PROMPT, "--target", tiny_bundle, "--draft", tiny_draft_bundle, "--raw", "--max-tokens", 20)
+    assert r.exit_code == 0, r.output
+    plain = Generator(Session(tiny_bundle)).generate(PROMPT, max_tokens=20)
+    assert plain.text in r.output and "tok/s" in r.output
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--temperature", "-1"], "temperature must be >= 0 (got -1.0)"),
+    (["--top-p", "2"], "top_p must be in (0, 1] (got 2.0)"),
+])
+def test_cli_bad_values(tiny_bundle, args, message):
+    r = _run_cli(PROMPT, "--target", tiny_bundle, "--draft", "none", *args)
+    assert r.exit_code == 1 and message in r.output and "Traceback" not in r.output
+
+
+def test_cli_missing_manifest(tmp_path):
+    (tmp_path / "model.onnx").write_bytes(b"")
+    r = _run_cli(PROMPT, "--target", tmp_path, "--draft", "none")
+    assert r.exit_code == 1 and "has no edgespec.json" in r.output and "Traceback" not in r.output
