@@ -128,7 +128,7 @@ def _manifest(resolved, bundle: Path, recipe: Recipe, options: ExportOptions) ->
         raise EdgespecError(f"--max-context {max_context} exceeds the model's {limit} positions")
     return Manifest(
         architecture=config["model_type"],
-        role=options.role or getattr(resolved, "role", None) or "target",
+        role=options.role or _preset_role(resolved) or "target",
         vocab_size=int(genai["vocab_size"]),
         tokenizer_sha256=tokenizer_sha256(bundle),
         num_layers=int(decoder["num_hidden_layers"]),
@@ -161,3 +161,10 @@ def _point_genai_config(path: Path, filename: str) -> None:
     config = json.loads(path.read_text())
     config["model"]["decoder"]["filename"] = filename
     path.write_text(json.dumps(config, indent=4) + "\n")
+
+
+def _preset_role(resolved) -> str | None:
+    if resolved.kind != "preset":
+        return None
+    from . import presets
+    return presets.get(resolved.name).role

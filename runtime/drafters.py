@@ -96,10 +96,10 @@ class ModelDrafter:
 
     def _sync(self, context: Sequence[int]) -> np.ndarray:
         """Bring the draft cache to `context`; return the draft logits after it [V]."""
-        n = 0
         limit = min(len(self.cached), len(context) - 1)  # always re-feed at least the last token
-        while n < limit and self.cached[n] == context[n]:
-            n += 1
+        n = limit
+        if self.cached[:limit] != list(context[:limit]):  # usual case: the cache is a prefix
+            n = next(i for i in range(limit) if self.cached[i] != context[i])
         self.session.cache.rewind(self.session.cache.length - n)
         self.cached = list(context)
         return self.session.prefill(context[n:])

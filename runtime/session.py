@@ -90,6 +90,15 @@ class Session:
         self._past = [(names["past_key"] % i, names["past_value"] % i) for i in range(m.num_layers)]
         self._present = [(m.outputs["present_key"] % i, m.outputs["present_value"] % i)
                          for i in range(m.num_layers)]
+        # The cache buffers never move, so they are bound once: past and present alike.
+        self._binding = self.sess.io_binding()
+        self._binding.bind_output(m.outputs["logits"])  # first, so it stays output 0
+        for layer, ((pk, pv), (ok, ov)) in enumerate(zip(self._past, self._present)):
+            k, v = self.cache.key_values[layer], self.cache.value_values[layer]
+            self._binding.bind_ortvalue_input(pk, k)
+            self._binding.bind_ortvalue_input(pv, v)
+            self._binding.bind_ortvalue_output(ok, k)
+            self._binding.bind_ortvalue_output(ov, v)
 
     @property
     def vocab_size(self) -> int:
@@ -114,19 +123,13 @@ class Session:
         if bias is None:
             bias = causal_bias(past, s, self.dtype)
         m = self.manifest
-        b = self.sess.io_binding()
+        b = self._binding
         b.bind_cpu_input(m.inputs["input_ids"], tokens)
         b.bind_cpu_input(m.inputs["attention_mask"], np.ones((1, total), np.int64))  # [1, T]
         b.bind_cpu_input(m.inputs["position_ids"], np.asarray(positions, np.int64).reshape(1, s))  # [1, S]
         b.bind_cpu_input(m.inputs["attention_bias"],
                          np.ascontiguousarray(bias, dtype=self.dtype).reshape(1, 1, s, total))  # [1, 1, S, T]
         b.bind_output(m.outputs["logits"])
-        for layer, ((pk, pv), (ok, ov)) in enumerate(zip(self._past, self._present)):
-            k, v = self.cache.key_values[layer], self.cache.value_values[layer]
-            b.bind_ortvalue_input(pk, k)
-            b.bind_ortvalue_input(pv, v)
-            b.bind_ortvalue_output(ok, k)
-            b.bind_ortvalue_output(ov, v)
         self.sess.run_with_iobinding(b)
         self.cache.length = total
         logits = b.get_outputs()[0].numpy()[0]  # [S, vocab]
