@@ -29,6 +29,7 @@ class Stats:
     prompt_tokens: int = 0
     new_tokens: int = 0
     prefill_seconds: float = 0.0
+    cached_prompt_tokens: int = 0  # prompt tokens reused from the previous call's KV cache
     decode_seconds: float = 0.0
     draft_seconds: float = 0.0
     verify_seconds: float = 0.0
@@ -96,7 +97,10 @@ def check_compatible(target: Session, draft: Session) -> None:
 
 class Generator:
     def __init__(self, target: Session, draft: Session | None = None, tree: bool = True,
-                 budget: int = 8, drafter: str | None = None):
+                 budget: int = 8, drafter: str | None = None, reuse_cache: bool = False):
+        """reuse_cache: keep the KV of a prompt prefix shared with the previous call
+        (a chat's next turn prefills only what is new)."""
+        self.reuse_cache = reuse_cache
         from transformers import AutoTokenizer
         self.target = target
         self.draft = draft
@@ -153,7 +157,7 @@ class Generator:
         detok = Detokenizer(self.tokenizer)
         text_so_far, held = "", ""
         steps = decode_steps(self.target, ids, params, drafter, self.budget,
-                             np.random.default_rng(seed), timing)
+                             np.random.default_rng(seed), timing, reuse_cache=self.reuse_cache)
         t_start = time.perf_counter()
         finish = "length"
         try:
@@ -188,6 +192,7 @@ class Generator:
                 drafter.reset()
             stats.finish_reason = finish
             stats.prefill_seconds = timing.prefill
+            stats.cached_prompt_tokens = timing.reused
             stats.decode_seconds = max(time.perf_counter() - t_start - timing.prefill, 0.0)
             stats.draft_seconds = timing.draft
             stats.verify_seconds = timing.verify
@@ -228,7 +233,7 @@ def _stop_prefix_len(text: str, stops: list[str]) -> int:
 
 def load(target: str | Path, draft: str | Path | None = None, *, tree: bool = True, budget: int = 8,
          drafter: str | None = None, threads: int | None = None, provider: str = "cpu",
-         max_context: int | None = None) -> Generator:
+         max_context: int | None = None, reuse_cache: bool = False) -> Generator:
     """Load a target (bundle folder or preset) and optionally a draft, ready to generate."""
     from ..export.bundles import bundle_path
     options = SessionOptions(provider=provider, threads=threads, max_context=max_context)
@@ -236,4 +241,5 @@ def load(target: str | Path, draft: str | Path | None = None, *, tree: bool = Tr
     draft_session = None
     if draft not in (None, "none"):
         draft_session = Session(bundle_path(draft), options)
-    return Generator(target_session, draft_session, tree=tree, budget=budget, drafter=drafter)
+    return Generator(target_session, draft_session, tree=tree, budget=budget, drafter=drafter,
+                     reuse_cache=reuse_cache)

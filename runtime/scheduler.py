@@ -30,6 +30,7 @@ class Step:
 @dataclass
 class Timing:
     prefill: float = 0.0
+    reused: int = 0  # prompt tokens whose KV was already cached
     draft: float = 0.0
     verify: float = 0.0
     passes: int = 0
@@ -40,22 +41,30 @@ class Timing:
 
 def decode_steps(target: Session, prompt: Sequence[int], params: SamplingParams,
                  drafter: Drafter | None = None, budget: int = 8,
-                 rng: np.random.Generator | None = None, timing: Timing | None = None) -> Iterator[Step]:
+                 rng: np.random.Generator | None = None, timing: Timing | None = None,
+                 reuse_cache: bool = False) -> Iterator[Step]:
     """Yield the target's tokens after `prompt`, several per pass when drafts are accepted.
 
     The target cache holds every context token but the last one (the root of the
     next tree); each pass feeds the tree and keeps the accepted path's rows.
-    Runs until the caller stops iterating or the context is full.
+    Runs until the caller stops iterating or the context is full. With
+    `reuse_cache`, cached rows that match the start of the prompt are kept
+    (multi-turn chat re-prefills only the new turn).
     """
     rng = rng or np.random.default_rng(params.seed)
     timing = timing or Timing()
     cache = target.cache
     t0 = time.perf_counter()
-    target.reset()
-    last = target.prefill(prompt)  # [V]
+    reused = target.reuse_prefix(prompt) if reuse_cache else 0
+    if not reuse_cache:
+        target.reset()
+    target.history = []  # unknown until the prefill below completes
+    last = target.prefill(prompt[reused:])  # [V]
     first = _pick(last[None], params, rng)
     timing.prefill = time.perf_counter() - t0
+    timing.reused = reused
     context = list(prompt) + [first]
+    target.history = context[:-1]
     yield Step([first], [False], 0)
     while len(context) < target.max_len:
         past = cache.length  # == len(context) - 1
@@ -81,6 +90,7 @@ def decode_steps(target: Session, prompt: Sequence[int], params: SamplingParams,
         timing.tree_sizes.append(len(tree))
         tokens = verdict.tokens[: target.max_len - len(context)]
         context.extend(tokens)
+        target.history = context[:-1]
         yield Step(tokens, [True] * verdict.num_accepted + [False], verdict.proposed)
 
 

@@ -86,6 +86,7 @@ class Session:
         self.dtype = np.dtype(m.io_dtype)
         self.max_len = min(options.max_context or m.max_context, m.max_context)
         self.cache = KVCache(m.num_layers, m.num_kv_heads, m.head_dim, self.max_len, self.dtype)
+        self.history: list[int] = []  # tokens whose KV the cache holds, kept by the decode loop
         names = m.inputs
         self._past = [(names["past_key"] % i, names["past_value"] % i) for i in range(m.num_layers)]
         self._present = [(m.outputs["present_key"] % i, m.outputs["present_value"] % i)
@@ -147,6 +148,18 @@ class Session:
 
     def reset(self) -> None:
         self.cache.length = 0
+        self.history = []
+
+    def reuse_prefix(self, tokens) -> int:
+        """Keep the cached rows that match the start of `tokens` (at most all but the last);
+        return how many. A conversation's next turn then prefills only what is new."""
+        tokens = list(tokens)
+        n = min(len(self.history), len(tokens) - 1, self.cache.length)
+        if self.history[:n] != tokens[:n]:
+            n = next(i for i in range(n) if self.history[i] != tokens[i])
+        self.cache.rewind(self.cache.length - n)
+        self.history = tokens[:n]
+        return n
 
 
 def causal_bias(past: int, s: int, dtype=np.float32) -> np.ndarray:

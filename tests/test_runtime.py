@@ -240,3 +240,18 @@ def test_cli_missing_manifest(tmp_path):
     (tmp_path / "model.onnx").write_bytes(b"")
     r = _run_cli(PROMPT, "--target", tmp_path, "--draft", "none")
     assert r.exit_code == 1 and "has no edgespec.json" in r.output and "Traceback" not in r.output
+
+
+def test_reused_prompt_cache_gives_same_tokens(tiny_bundle):
+    """A second turn that extends the first reuses its KV rows and generates what a fresh run does."""
+    fresh = Generator(Session(tiny_bundle))
+    chat = Generator(Session(tiny_bundle), reuse_cache=True)
+    first = chat.generate(PROMPT, max_tokens=12)
+    second_prompt = PROMPT + first.text + "\ndef sub(a, b):"
+    second = chat.generate(second_prompt, max_tokens=12)
+    assert second.stats.cached_prompt_tokens > len(chat.encode(PROMPT)) - 1
+    assert second.token_ids == fresh.generate(second_prompt, max_tokens=12).token_ids
+    # an abandoned stream leaves the cache consistent for the next call
+    for _ in chat.stream(second_prompt, max_tokens=12):
+        break
+    assert chat.generate(second_prompt, max_tokens=12).token_ids == second.token_ids
