@@ -80,7 +80,7 @@ def export(source: str, out: str | Path, options: ExportOptions | None = None) -
         bar.update()
         bar.set_postfix_str(stages[3])
         copy_tokenizer(resolved.hf_dir, bundle)
-        manifest = _manifest(resolved, bundle, recipe, options)
+        manifest = _manifest(resolved, bundle, recipe, options, source)
         bar.update()
         bar.set_postfix_str(stages[4])
         if options.parity:
@@ -109,7 +109,7 @@ def export(source: str, out: str | Path, options: ExportOptions | None = None) -
     return manifest
 
 
-def _manifest(resolved, bundle: Path, recipe: Recipe, options: ExportOptions) -> Manifest:
+def _manifest(resolved, bundle: Path, recipe: Recipe, options: ExportOptions, options_source: str) -> Manifest:
     import onnx
     from transformers import AutoTokenizer
     config = json.loads((resolved.hf_dir / "config.json").read_text())
@@ -139,7 +139,8 @@ def _manifest(resolved, bundle: Path, recipe: Recipe, options: ExportOptions) ->
         max_context=max_context,
         io_dtype=io_dtype,
         quant=recipe.to_dict(),
-        source={"kind": resolved.kind, "name": resolved.name, "sha256": resolved.source_sha256},
+        source={"kind": resolved.kind, "name": resolved.name, "sha256": resolved.source_sha256,
+                "path": resolved.name if resolved.kind == "preset" else str(Path(options_source).absolute())},
         edgespec_version=__version__,
         eos_token_ids=stop_token_ids(bundle, tok),
         bos_token_id=tok.bos_token_id,

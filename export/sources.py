@@ -147,12 +147,41 @@ def _dequantize(gguf_path: Path, info: GGUFInfo, out: Path) -> None:
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model.config.tie_word_embeddings = info.tied_embeddings
+    if not info.tied_embeddings:
+        _retie_duplicate_head(model)
     if tokenizer.chat_template is None and info.chat_template:
         tokenizer.chat_template = info.chat_template
     _stage(f"writing fp32 safetensors to {out.parent}")
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
     _stage(f"dequantized in {time.perf_counter() - t0:.1f} s")
+
+
+DUPLICATE_HEAD_TOLERANCE = 0.1  # relative Frobenius distance; quantization noise is ~0.05-0.08
+
+
+def _retie_duplicate_head(model) -> None:
+    """Tie the LM head back to the embeddings when the GGUF stored one matrix twice.
+
+    llama.cpp's converters write `output.weight` for tied models too (Qwen2.5
+    ties its embeddings, yet its GGUFs carry both tensors at different quant
+    types). Two copies double the largest matrix of a small model and make an
+    int4 bundle larger than its GGUF. When the two differ by no more than
+    quantization noise they are one matrix: keep the output copy (usually the
+    higher-precision one) for both. Genuinely untied models differ by ~100%.
+    """
+    head = model.get_output_embeddings().weight
+    embed = model.get_input_embeddings().weight
+    if head.shape != embed.shape:
+        return
+    rel = float((head - embed).norm() / embed.norm())
+    if rel > DUPLICATE_HEAD_TOLERANCE:
+        return
+    _stage(f"GGUF stores the tied embedding twice (copies differ by {rel:.1%}, quantization noise): "
+           "tying them again")
+    embed.data.copy_(head.data)
+    model.config.tie_word_embeddings = True
+    model.tie_weights()
 
 
 def _from_gguf(path: Path, kind: str, name: str, sha256: str | None = None) -> ResolvedSource:

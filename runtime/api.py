@@ -101,6 +101,7 @@ class Generator:
         """reuse_cache: keep the KV of a prompt prefix shared with the previous call
         (a chat's next turn prefills only what is new)."""
         self.reuse_cache = reuse_cache
+        self.use_profiles = True  # size drafts from cached device profiles (`edgespec devices --profile`)
         from transformers import AutoTokenizer
         self.target = target
         self.draft = draft
@@ -118,8 +119,19 @@ class Generator:
         if self.drafter_name == "none":
             return None
         if self.drafter_name == "model":
-            return drafters.ModelDrafter(self.draft, params, tree=self.tree)
+            return drafters.ModelDrafter(self.draft, params, tree=self.tree, length=self._length_policy())
         return drafters.create(self.drafter_name)
+
+    def _length_policy(self):
+        """Cost-aware draft length when both models have a device profile, else the heuristic."""
+        if not self.use_profiles:
+            return None
+        from ..devices.profile import cached
+        from .policy import CostAwareLength
+        target, draft = cached(self.target), cached(self.draft)
+        if target is None or draft is None:
+            return None
+        return CostAwareLength(target.cost, draft.cost(1))
 
     def encode(self, prompt: str | Sequence[dict]) -> list[int]:
         if isinstance(prompt, str):

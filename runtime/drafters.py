@@ -1,19 +1,19 @@
 """Drafters: `propose(context, budget) -> DraftTree`, registered by name.
 
 Every drafter proposes a tree rooted at context[-1] with at most `budget`
-nodes beyond the root, and learns from `observe(verdict)` how its last
-proposal fared (drafters that adapt their length use it).
+nodes beyond the root, and learns from `observe(verdict, tree, logits)` how
+its last proposal fared and what the target computed for every node.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Callable, Protocol, Sequence
 
 import numpy as np
 
 from .sampling import SamplingParams, probabilities, sample
 from .session import Session
+from .policy import DraftLength
 from .tree import DraftTree
 from .verify import Verdict
 
@@ -23,7 +23,7 @@ class Drafter(Protocol):
 
     def propose(self, context: Sequence[int], budget: int) -> DraftTree: ...
 
-    def observe(self, verdict: Verdict) -> None: ...
+    def observe(self, verdict: Verdict, tree: DraftTree, logits: np.ndarray) -> None: ...
 
     def reset(self) -> None: ...
 
@@ -42,24 +42,6 @@ def create(name: str, **kwargs) -> Drafter:
     if name not in REGISTRY:
         raise ValueError(f"unknown drafter '{name}'; choose one of {', '.join(sorted(REGISTRY))}")
     return REGISTRY[name](**kwargs)
-
-
-@dataclass
-class DraftLength:
-    """Adaptive chain length: grow after a fully accepted draft, shrink after a rejection.
-
-    (The schedule of HF assisted generation; the confidence stop in ModelDrafter
-    cuts a draft short where the draft itself is unsure.)
-    """
-    k: int = 3
-    k_min: int = 1
-    k_max: int = 8
-
-    def update(self, accepted: int, proposed_depth: int) -> None:
-        if proposed_depth and accepted >= proposed_depth:
-            self.k = min(self.k + 1, self.k_max)
-        elif accepted < proposed_depth:
-            self.k = max(self.k - 1, self.k_min)
 
 
 @register("model")
@@ -140,7 +122,7 @@ class ModelDrafter:
         self._depth = tree.depths().max() if len(tree) > 1 else 0
         return tree
 
-    def observe(self, verdict: Verdict) -> None:
+    def observe(self, verdict: Verdict, tree: DraftTree | None = None, logits=None) -> None:
         self.length.update(verdict.num_accepted, int(self._depth))
 
 
@@ -159,8 +141,47 @@ class _NgramAdapter:
     def propose(self, context, budget):
         return self.inner.propose(context, budget)
 
-    def observe(self, verdict):
+    def observe(self, verdict, tree=None, logits=None):
         pass
 
     def reset(self):
         self.inner.reset()
+
+
+@register("recycle")
+def _recycle(vocab_size: int, **kwargs):
+    from .recycle import RecycleDrafter
+    return RecycleDrafter(vocab_size, **kwargs)
+
+
+class MixedDrafter:
+    """Several drafters' trees merged under one node budget, verified in one pass.
+
+    Members propose in priority order, each with the budget the earlier ones
+    left; shared prefixes trie-merge, so a lookup branch that agrees with the
+    model's chain costs nothing extra, and one that disagrees is a sibling the
+    target can still pick. Every member observes every pass.
+    """
+
+    name = "mixed"
+
+    def __init__(self, members: list, shares: list[float] | None = None):
+        self.members = members
+        self.shares = shares or [1.0] * len(members)
+
+    def propose(self, context, budget):
+        tree = DraftTree(context[-1])
+        for member, share in zip(self.members, self.shares):
+            room = budget - (len(tree) - 1)
+            if room <= 0:
+                break
+            tree.merge(member.propose(context, max(1, int(round(room * share)))))
+        return tree.prune(budget)
+
+    def observe(self, verdict, tree=None, logits=None):
+        for member in self.members:
+            member.observe(verdict, tree, logits)
+
+    def reset(self):
+        for member in self.members:
+            member.reset()

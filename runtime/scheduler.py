@@ -81,7 +81,7 @@ def decode_steps(target: Session, prompt: Sequence[int], params: SamplingParams,
         cache.keep(past, verdict.accepted)  # rows of root + accepted nodes, as a chain
         t2 = time.perf_counter()
         if drafter:
-            drafter.observe(verdict)
+            drafter.observe(verdict, tree, logits)
         timing.draft += t1 - t0
         timing.verify += t2 - t1
         timing.passes += 1

@@ -1,0 +1,93 @@
+"""Latency profiles: what one pass over S tokens costs on this device.
+
+Speculation pays only if verifying k+1 tokens costs much less than k+1
+single steps. The curve depends on the model, the provider and the thread
+count, so it is measured once per (bundle, provider, threads) and cached.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+SIZES = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
+
+
+@dataclass
+class Profile:
+    bundle: str
+    provider: str
+    threads: int
+    context: int
+    pass_ms: dict[int, float] = field(default_factory=dict)  # tokens per pass -> median ms
+
+    def cost(self, s: int) -> float:
+        """ms for one pass over s tokens, interpolated linearly between measured sizes."""
+        xs = sorted(self.pass_ms)
+        return float(np.interp(s, xs, [self.pass_ms[x] for x in xs]))
+
+    def to_json(self) -> str:
+        d = asdict(self)
+        d["pass_ms"] = {str(k): v for k, v in self.pass_ms.items()}
+        return json.dumps(d, indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> "Profile":
+        d = json.loads(text)
+        d["pass_ms"] = {int(k): float(v) for k, v in d["pass_ms"].items()}
+        return cls(**d)
+
+
+def profile_key(session) -> str:
+    m = session.manifest
+    ident = json.dumps([m.source, m.quant, m.num_layers, session.providers[0], session.threads], sort_keys=True)
+    return hashlib.sha256(ident.encode()).hexdigest()[:16]
+
+
+def profile_path(session) -> Path:
+    from ..export.cache import cache_root
+    return cache_root() / "profiles" / f"{session.path.name}-{profile_key(session)}.json"
+
+
+def measure(session, sizes=SIZES, context: int = 128, repeats: int = 5, progress=None) -> Profile:
+    """Median time of one pass over s tokens after `context` cached tokens, for each s."""
+    rng = np.random.default_rng(0)
+    vocab = session.vocab_size
+    session.reset()
+    session.prefill(rng.integers(0, vocab, context).tolist())
+    result = {}
+    for s in sizes:
+        if context + s > session.max_len:
+            break
+        times = []
+        for _ in range(repeats + 1):  # first run warms up
+            tokens = rng.integers(0, vocab, s).tolist()
+            t0 = time.perf_counter()
+            session.forward(tokens)
+            times.append((time.perf_counter() - t0) * 1000)
+            session.cache.rewind(s)
+        result[s] = float(np.median(times[1:]))
+        if progress:
+            progress(s, result[s])
+    session.reset()
+    return Profile(str(session.path), session.providers[0], session.threads, context, result)
+
+
+def load_or_measure(session, remeasure: bool = False, progress=None) -> Profile:
+    path = profile_path(session)
+    if path.is_file() and not remeasure:
+        return Profile.from_json(path.read_text())
+    profile = measure(session, progress=progress)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(profile.to_json())
+    return profile
+
+
+def cached(session) -> Profile | None:
+    path = profile_path(session)
+    return Profile.from_json(path.read_text()) if path.is_file() else None

@@ -1,0 +1,77 @@
+"""How much to draft: chain length chosen per pass from costs and running acceptance.
+
+With per-token acceptance a, a chain of k drafted tokens yields
+E(k) = (1 - a^(k+1)) / (1 - a) tokens per pass (the accepted prefix plus the
+target's own token) and costs k draft steps plus one target pass over k+1
+tokens. The policy picks the k (0 = do not draft) that maximizes E(k)/cost(k),
+using the device profile for costs and an exponential moving estimate of a.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+
+def expected_tokens(a: float, k: int) -> float:
+    if a >= 1.0:
+        return k + 1.0
+    return (1.0 - a ** (k + 1)) / (1.0 - a)
+
+
+@dataclass
+class DraftLength:
+    """Heuristic schedule (HF assisted generation): +1 after a fully accepted draft, -1 after a
+    rejection. Used when no device profile is known."""
+    k: int = 3
+    k_min: int = 1
+    k_max: int = 8
+
+    def update(self, accepted: int, proposed_depth: int) -> None:
+        if proposed_depth and accepted >= proposed_depth:
+            self.k = min(self.k + 1, self.k_max)
+        elif accepted < proposed_depth:
+            self.k = max(self.k - 1, self.k_min)
+
+
+class CostAwareLength:
+    """Pick k to maximize expected tokens per millisecond.
+
+    verify_ms(s): target pass over s tokens; draft_ms: one draft step.
+    """
+
+    def __init__(self, verify_ms: Callable[[int], float], draft_ms: float, k_max: int = 10,
+                 prior: float = 0.7, decay: float = 0.9, probe_every: int = 16):
+        self.verify_ms = verify_ms
+        self.draft_ms = draft_ms
+        self.k_max = k_max
+        self.decay = decay
+        self.trials = 1.0  # pseudo-counts of the prior
+        self.successes = prior
+        self.probe_every = probe_every
+        self.idle = 0
+        self.k = self.best_k()
+
+    @property
+    def acceptance(self) -> float:
+        return self.successes / self.trials
+
+    def rate(self, k: int) -> float:
+        """Expected tokens per ms with k drafted tokens."""
+        return expected_tokens(self.acceptance, k) / (k * self.draft_ms + self.verify_ms(k + 1))
+
+    def best_k(self) -> int:
+        return max(range(self.k_max + 1), key=self.rate)
+
+    def update(self, accepted: int, proposed_depth: int) -> None:
+        # Each drafted position up to the first rejection is one Bernoulli trial of a.
+        trials = min(accepted + 1, proposed_depth)
+        if trials:
+            self.trials = self.decay * self.trials + trials
+            self.successes = self.decay * self.successes + accepted
+            self.idle = 0
+        else:
+            self.idle += 1
+        self.k = self.best_k()
+        if self.k == 0 and self.idle >= self.probe_every:
+            self.k = 1  # not drafting gives no evidence: probe now and then, in case text got easier
