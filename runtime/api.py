@@ -248,10 +248,14 @@ def load(target: str | Path, draft: str | Path | None = None, *, tree: bool = Tr
          max_context: int | None = None, reuse_cache: bool = False) -> Generator:
     """Load a target (bundle folder or preset) and optionally a draft, ready to generate."""
     from ..export.bundles import bundle_path
-    options = SessionOptions(provider=provider, threads=threads, max_context=max_context)
+    drafting = draft not in (None, "none")
+    # Idle threads of one session's pool spin on the cores the other session needs next:
+    # with a draft model, both pools sleep when idle (ORT's process-wide pool would avoid
+    # this, but once it exists every session of the process must use it).
+    options = SessionOptions(provider=provider, threads=threads, max_context=max_context, spin=not drafting)
     target_session = Session(bundle_path(target), options)
     draft_session = None
-    if draft not in (None, "none"):
+    if drafting:
         draft_session = Session(bundle_path(draft), options)
     return Generator(target_session, draft_session, tree=tree, budget=budget, drafter=drafter,
                      reuse_cache=reuse_cache)

@@ -60,28 +60,6 @@ class SessionOptions:
     threads: int | None = None  # intra-op threads; None = physical cores
     max_context: int | None = None  # KV rows to preallocate; None = the manifest's
     spin: bool = True  # let idle intra-op threads spin (fast for one session; off when two share cores)
-    shared_pool: bool = True  # run on the process-wide thread pool shared by all sessions
-
-
-_GLOBAL_POOL: list[int] = []  # threads of the process-wide pool, once created
-
-
-def _global_pool(threads: int) -> bool:
-    """Create ONNX Runtime's global intra-op pool once; True if it has `threads` threads.
-
-    Sessions that run one after another (draft, then target) on one pool never
-    leave a second pool's idle threads spinning on the cores the other needs.
-    The pool's size is fixed at creation: a later session asking for another
-    thread count gets a pool of its own.
-    """
-    if not _GLOBAL_POOL:
-        try:
-            ort.set_global_thread_pool_sizes(threads, 1)
-        except Exception:  # noqa: BLE001  (older onnxruntime, or the environment already exists)
-            _GLOBAL_POOL.append(-1)
-            return False
-        _GLOBAL_POOL.append(threads)
-    return _GLOBAL_POOL[0] == threads
 
 
 def physical_cores() -> int:
@@ -101,11 +79,8 @@ class Session:
         from ..devices.providers import session_providers
         so = ort.SessionOptions()
         threads = options.threads or physical_cores()
-        if options.shared_pool and _global_pool(threads):
-            so.use_per_session_threads = False  # one pool for draft and target: no idle spinners
-        else:
-            so.intra_op_num_threads = threads
-            so.inter_op_num_threads = 1
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if not options.spin:
             # Idle pool threads of one session would spin on the cores the other session

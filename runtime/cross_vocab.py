@@ -1,0 +1,193 @@
+"""Drafting with a draft model whose tokenizer differs from the target's, through text.
+
+Each proposal maps the context into the draft's vocabulary by text, lets the
+draft continue greedily, and maps the drafted text back into target tokens:
+
+  target ids --decode--> text --draft encode--> draft ids   (KV cache synced by common prefix)
+  draft greedy continuation --decode--> drafted text
+  target encode(anchor text + drafted text) = anchor tokens + new target tokens
+
+The anchor is the text of the last `window` context tokens: re-tokenizing it
+together with the drafted text lets the target's BPE merge across the seam
+exactly as it would in the full text, and the result must reproduce the
+anchor's own tokens before anything is proposed. The new target tokens become
+one deterministic chain (q = None); the last one is dropped, since the drafted
+text may end mid-word and the target would tokenize a longer text differently.
+Whenever the mapping does not line up (the context's last token would merge
+with the drafted text, an incomplete UTF-8 character, a non-canonical split in
+the anchor) the proposal is the bare root: a wrong token would be rejected
+anyway, but it costs verify width.
+
+Why deterministic proposals through text: verification (`verify.py`) treats a
+node with q = None as a delta proposal, and multi-candidate rejection sampling
+with delta proposals emits tokens that follow the target's distribution
+exactly, whatever the proposal is and however it was chosen from the context.
+So this drafter is lossless for greedy and exact for sampling at every
+temperature with no vocabulary alignment at all; the draft only needs to write
+the same text. What it gives up: at temperature > 0 a delta proposal is
+accepted with probability p(x) only, where a sampled proposal q is accepted
+with sum_x min(p, q) — so acceptance falls as the target's distribution spreads.
+The heterogeneous-vocabulary speculative decoding methods recover sampled
+proposals: token-level intersection (TLI) restricts and renormalises the
+draft's distribution to the tokens both vocabularies share, giving a proper q
+over target ids for ordinary rejection sampling; string-level exact matching
+(SLEM) and string-level rejection sampling work on the probability of the
+drafted *string*, which needs the draft's probability of every target-token
+string (a sum over the draft's segmentations of it). They would add higher
+acceptance at high temperature; they cost a vocabulary intersection table
+(TLI; and tokens outside the intersection can never be drafted, which for a
+49k draft vs a 152k target is most long tokens), or several extra draft passes
+per proposal to score segmentations (string level) — on a 2-core CPU, where
+coding use is mostly greedy or low temperature, the cheap exact delta scheme
+wins. A sampled variant can be added later without touching verification.
+
+Efficiency: the draft ids are kept as ids of a stable prefix of the text plus
+a re-tokenized tail (between `window` and 2 * `window` target tokens); the
+prefix grows by whole windows at clean boundaries, so each step encodes a few
+dozen tokens' text, and the draft cache is rewound to the longest prefix it
+shares with the new ids and fed only the difference (as ModelDrafter._sync).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from .policy import DraftLength
+from .session import Session
+from .tree import DraftTree
+from .verify import Verdict
+
+_BAD = "\ufffd"  # what decode gives for an incomplete UTF-8 sequence
+
+
+class CrossVocabDrafter:
+    name = "cross"
+
+    def __init__(self, session: Session, draft_tokenizer, target_tokenizer, max_draft: int = 6,
+                 min_confidence: float = 0.3, window: int = 32, length: DraftLength | None = None):
+        if max_draft < 1 or window < 2:
+            raise ValueError(f"max_draft must be >= 1 and window >= 2 (got max_draft={max_draft}, "
+                             f"window={window})")
+        self.session = session
+        self.draft_tok = draft_tokenizer
+        self.target_tok = target_tokenizer
+        self.max_draft = max_draft
+        self.min_confidence = min_confidence
+        self.window = window
+        self.length = length or DraftLength(k=max_draft, k_max=max_draft)
+        self._drafted = 0
+        self.reset()
+
+    def reset(self) -> None:
+        self.session.reset()
+        self.cached: list[int] = []  # draft ids whose KV is in the draft cache
+        self._stable: list[int] = []  # target tokens context[:a] whose text is encoded in _stable_ids
+        self._stable_ids: list[int] = []  # draft ids of decode(_stable)
+
+    # -- text <-> ids ----------------------------------------------------------
+
+    def _decode_target(self, ids: Sequence[int]) -> str:
+        return self.target_tok.decode(list(ids), skip_special_tokens=False,
+                                      clean_up_tokenization_spaces=False)
+
+    def _encode_draft(self, text: str) -> list[int]:
+        return self.draft_tok.encode(text, add_special_tokens=False) if text else []
+
+    def _splits_cleanly(self, ids: Sequence[int], i: int) -> bool:
+        """decode(ids[:i]) + decode(ids[i:]) == decode(ids): no character or space straddles i."""
+        return self._decode_target(ids[:i]) + self._decode_target(ids[i:]) == self._decode_target(ids)
+
+    def _draft_ids(self, context: Sequence[int]) -> list[int] | None:
+        """Draft ids for the context's text: stable prefix ids + the tail re-encoded; None if
+        the text ends inside a character (the next target token completes it)."""
+        a = len(self._stable)
+        if list(context[:a]) != self._stable:  # another sequence: start over
+            self._stable, self._stable_ids, a = [], [], 0
+        if len(context) - a > 2 * self.window:  # grow the stable prefix by whole windows
+            tail = list(context[a:])
+            for cut in range(len(tail) - self.window, len(tail) - self.window - 8, -1):
+                if self._splits_cleanly(tail, cut):
+                    self._stable_ids += self._encode_draft(self._decode_target(tail[:cut]))
+                    self._stable = list(context[:a + cut])
+                    a += cut
+                    break
+        text = self._decode_target(context[a:])
+        if text.endswith(_BAD):
+            return None
+        return self._stable_ids + self._encode_draft(text)
+
+    def _to_target(self, context: Sequence[int], drafted: str) -> list[int]:
+        """Target tokens that the drafted text adds after the context ([] if they don't line up)."""
+        start = max(len(context) - self.window, 0)
+        for _ in range(3):  # move the anchor past a non-canonical split or a cut character
+            anchor = list(context[start:])
+            ids = self.target_tok.encode(self._decode_target(anchor) + drafted, add_special_tokens=False)
+            k = len(anchor)
+            j = next((i for i in range(min(k, len(ids))) if ids[i] != anchor[i]), min(k, len(ids)))
+            if j == k:
+                return ids[k:-1]  # the last token may merge with text the draft did not write
+            if j >= k - 1 or start + j + 1 >= len(context) - 1:
+                return []  # the context's last token merges with the drafted text
+            start += j + 1
+        return []
+
+    # -- drafting --------------------------------------------------------------
+
+    def _sync(self, ids: list[int]) -> np.ndarray:
+        """Bring the draft cache to `ids`; return the draft logits after them [V]."""
+        limit = min(len(self.cached), len(ids) - 1)  # always re-feed at least the last id
+        n = limit
+        if self.cached[:limit] != ids[:limit]:
+            n = next(i for i in range(limit) if self.cached[i] != ids[i])
+        self.session.cache.rewind(self.session.cache.length - n)
+        self.cached = list(ids)
+        return self.session.prefill(ids[n:])
+
+    def propose(self, context: Sequence[int], budget: int) -> DraftTree:
+        tree = DraftTree(context[-1])
+        self._drafted = 0
+        if budget <= 0:
+            return tree
+        ids = self._draft_ids(context)
+        # drafted text usually needs no more draft tokens than target tokens, plus the dropped one
+        steps = min(self.length.k, self.max_draft, budget) + 1
+        if not ids or len(ids) + steps > self.session.max_len:
+            return tree
+        logits = self._sync(ids)  # [V]
+        out: list[int] = []
+        for d in range(steps):
+            z = np.exp(logits - logits.max(), dtype=np.float64)  # [V]
+            best = int(logits.argmax())
+            if d > 0 and z[best] / z.sum() < self.min_confidence:
+                break  # the draft is unsure: the rest would mostly be rejected
+            out.append(best)
+            if d + 1 == steps:
+                break
+            logits = self.session.forward([best])[-1]
+            self.cached.append(best)
+        # Decode the drafted ids after a few context ids, so spaces and characters that depend
+        # on the previous token come out right; cut an incomplete character at the end.
+        lead = ids[-4:]
+        before = self.draft_tok.decode(lead, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+        full = self.draft_tok.decode(lead + out, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+        if not full.startswith(before):
+            return tree
+        drafted = full[len(before):].split(_BAD, 1)[0]
+        if not drafted:
+            return tree
+        tokens = self._to_target(context, drafted)[:budget]
+        tree.add_path(0, tokens)
+        self._drafted = len(tokens)
+        return tree
+
+    def observe(self, verdict: Verdict, tree: DraftTree | None = None, logits=None) -> None:
+        self.length.update(verdict.num_accepted, self._drafted)
+
+
+def make_cross_vocab(draft_session: Session, target_tokenizer, **kwargs) -> CrossVocabDrafter:
+    """The registry's factory: the draft's own tokenizer comes from its bundle folder."""
+    from transformers import AutoTokenizer
+    draft_tokenizer = AutoTokenizer.from_pretrained(str(draft_session.path))
+    return CrossVocabDrafter(draft_session, draft_tokenizer, target_tokenizer, **kwargs)
