@@ -128,7 +128,7 @@ class CrossVocabDrafter:
             j = next((i for i in range(min(k, len(ids))) if ids[i] != anchor[i]), min(k, len(ids)))
             if j == k:
                 return ids[k:-1]  # the last token may merge with text the draft did not write
-            if j >= k - 1 or start + j + 1 >= len(context) - 1:
+            if j >= k - 1 or start + j + 1 >= len(context):
                 return []  # the context's last token merges with the drafted text
             start += j + 1
         return []

@@ -16,8 +16,8 @@ from .tree import DraftTree
 
 
 class NgramDrafter:
-    def __init__(self, max_ngram: int = 4, min_ngram: int = 1, max_draft: int = 10,
-                 max_branches: int = 4, max_matches: int = 16):
+    def __init__(self, max_ngram: int = 4, min_ngram: int = 2, max_draft: int = 10,
+                 max_branches: int = 2, max_matches: int = 16, short_draft: int = 3, long_match: int = 4):
         if not 1 <= min_ngram <= max_ngram:
             raise ValueError(f"need 1 <= min_ngram <= max_ngram (got min_ngram={min_ngram}, "
                              f"max_ngram={max_ngram})")
@@ -25,7 +25,9 @@ class NgramDrafter:
             raise ValueError(f"max_draft, max_branches and max_matches must be >= 1 (got "
                              f"{max_draft}, {max_branches}, {max_matches})")
         self.max_ngram, self.min_ngram = max_ngram, min_ngram
-        self.max_draft = max_draft  # longest branch
+        self.max_draft = max_draft  # longest branch (after a match of >= long_match tokens)
+        self.short_draft = short_draft  # branch length after a shorter match
+        self.long_match = long_match
         self.max_branches = max_branches  # distinct continuations per proposal
         self.max_matches = max_matches  # occurrences examined per n-gram length
         self.reset()
@@ -65,7 +67,8 @@ class NgramDrafter:
             for e in reversed(ends[-self.max_matches:]):  # most recent first
                 if budget <= 0 or branches >= self.max_branches:
                     return tree
-                cont = ctx[e:e + self.max_draft]
+                # a short match predicts little: draft a few tokens; a long one, up to max_draft
+                cont = ctx[e:e + (self.short_draft if n < self.long_match else self.max_draft)]
                 # walk the shared prefix, then add at most `budget` new nodes
                 node, j = 0, 0
                 while j < len(cont) and (c := tree.find_child(node, cont[j])) is not None:
