@@ -30,5 +30,5 @@ def cli():
 
 
 def main():
-    from . import bench_cmd, devices_cmd, export_cmd, quality_cmd, run_cmd  # noqa: F401  (register commands)
+    from . import bench_cmd, chat_cmd, devices_cmd, export_cmd, quality_cmd, run_cmd, serve_cmd  # noqa: F401
     cli()

@@ -17,8 +17,8 @@ def model_options(f):
     options = [
         click.option("--target", default=DEFAULT_TARGET, show_default=True, help="bundle folder or preset"),
         click.option("--draft", default=DEFAULT_DRAFT, show_default=True, help="bundle, preset, or 'none'"),
-        click.option("--drafter", type=click.Choice(["model", "ngram", "none"]), default=None,
-                     help="default: model when a draft is given, else none"),
+        click.option("--drafter", type=click.Choice(["auto", "model", "ngram", "recycle", "mixed", "cross", "none"]),
+                     default=None, help="default: auto when a draft is given, else none"),
         click.option("--tree/--chain", default=True, show_default=True, help="draft a token tree or a chain"),
         click.option("--budget", type=int, default=8, show_default=True, help="max drafted tokens per pass"),
         click.option("--threads", type=int, default=None, help="intra-op threads (default: physical cores)"),
@@ -44,8 +44,8 @@ def sampling_options(f):
 
 def load_generator(target, draft, drafter, tree, budget, threads, provider):
     from ..runtime.api import load
-    if drafter in ("ngram", "none"):
-        draft = None
+    if drafter in ("ngram", "recycle", "none"):
+        draft = None  # model-free drafters: do not load (or export) a draft model
     return load(target, None if draft == "none" else draft, tree=tree, budget=budget,
                 drafter=drafter, threads=threads, provider=provider)
 

@@ -109,18 +109,20 @@ class Generator:
             check_compatible(target, draft)
         self.tree = tree
         self.budget = budget
-        self.drafter_name = drafter or ("model" if draft is not None else "none")
-        if self.drafter_name == "model" and draft is None:
-            raise EdgespecError("drafter 'model' needs a draft bundle (--draft)")
+        self.drafter_name = drafter or ("auto" if draft is not None else "none")
+        if self.drafter_name not in drafters.REGISTRY and self.drafter_name != "none":
+            raise ValueError(f"unknown drafter '{self.drafter_name}'; choose one of "
+                             f"none, {', '.join(sorted(drafters.REGISTRY))}")
+        if self.drafter_name in drafters.NEEDS_DRAFT_MODEL and draft is None:
+            raise EdgespecError(f"drafter '{self.drafter_name}' needs a draft bundle (--draft)")
         self.tokenizer = AutoTokenizer.from_pretrained(str(target.path))
         self.eos = set(target.manifest.eos_token_ids)
+        self.recycler = None  # token recycling's table outlives a call: it is knowledge about the model
 
     def _drafter(self, params: SamplingParams):
         if self.drafter_name == "none":
             return None
-        if self.drafter_name == "model":
-            return drafters.ModelDrafter(self.draft, params, tree=self.tree, length=self._length_policy())
-        return drafters.create(self.drafter_name)
+        return drafters.create(self.drafter_name, gen=self, params=params)
 
     def _length_policy(self):
         """Cost-aware draft length when both models have a device profile, else the heuristic."""
@@ -140,7 +142,12 @@ class Generator:
             return self.tokenizer.encode(prompt, add_special_tokens=False)
         messages = list(prompt)
         if not messages:
-            raise ValueError("messages list is empty")
+            raise ValueError("prompt is empty; give some text, token ids or a list of messages")
+        if all(isinstance(t, (int, np.integer)) for t in messages):  # already token ids
+            vocab = self.target.vocab_size
+            if not all(0 <= t < vocab for t in messages):
+                raise ValueError(f"token ids must be in [0, {vocab})")
+            return [int(t) for t in messages]
         for m in messages:
             if not isinstance(m, dict) or "role" not in m or "content" not in m:
                 raise ValueError(f"each message needs 'role' and 'content' (got {m!r})")

@@ -38,10 +38,14 @@ def register(name: str):
     return wrap
 
 
-def create(name: str, **kwargs) -> Drafter:
+NEEDS_DRAFT_MODEL = {"model", "cross"}
+
+
+def create(name: str, gen, params: SamplingParams) -> Drafter:
+    """A fresh drafter for one generation by `gen` (a runtime.api.Generator)."""
     if name not in REGISTRY:
         raise ValueError(f"unknown drafter '{name}'; choose one of {', '.join(sorted(REGISTRY))}")
-    return REGISTRY[name](**kwargs)
+    return REGISTRY[name](gen, params)
 
 
 def top_candidates(logits: np.ndarray, width: int, params: SamplingParams):
@@ -56,7 +60,6 @@ def top_candidates(logits: np.ndarray, width: int, params: SamplingParams):
     return top, np.exp(scaled[top] - peak) / z
 
 
-@register("model")
 class ModelDrafter:
     """A small model drafts a chain, greedily or by sampling; `tree` adds top-k siblings.
 
@@ -143,8 +146,13 @@ class ModelDrafter:
         self.length.update(verdict.num_accepted, int(self._depth))
 
 
+@register("model")
+def _model(gen, params):
+    return ModelDrafter(gen.draft, params, tree=gen.tree, length=gen._length_policy())
+
+
 @register("ngram")
-def _ngram(**kwargs):
+def _ngram(gen, params, **kwargs):
     from .ngram import NgramDrafter
     return _NgramAdapter(NgramDrafter(**kwargs))
 
@@ -166,9 +174,33 @@ class _NgramAdapter:
 
 
 @register("recycle")
-def _recycle(vocab_size: int, **kwargs):
+def _recycle(gen, params):
     from .recycle import RecycleDrafter
-    return RecycleDrafter(vocab_size, **kwargs)
+    if gen.recycler is None:
+        gen.recycler = RecycleDrafter(gen.target.vocab_size)
+    return gen.recycler
+
+
+@register("mixed")
+def _mixed(gen, params):
+    """Lookup, the draft model when there is one, and recycled candidates, in one tree."""
+    members = [_ngram(gen, params)]
+    if gen.draft is not None:
+        members.append(_model(gen, params))
+    members.append(_recycle(gen, params))
+    return MixedDrafter(members)
+
+
+@register("auto")
+def _auto(gen, params):
+    """Lookup branches (free when they copy the prompt) merged with the draft model's chain.
+
+    Without a draft model: lookup alone. Token recycling is left out: on a CPU
+    its extra tree nodes cost more verify time than they return.
+    """
+    if gen.draft is None:
+        return _ngram(gen, params)
+    return MixedDrafter([_ngram(gen, params), _model(gen, params)])
 
 
 class MixedDrafter:

@@ -85,10 +85,31 @@ def test_self_draft_accepts_everything(target, self_draft):
     assert spec.token_ids == _greedy(Generator(target)).token_ids
 
 
-def test_ngram_drafter_greedy_equals_plain(target):
+@pytest.mark.parametrize("name", ["ngram", "recycle", "mixed", "auto"])
+def test_every_drafter_greedy_equals_plain(target, draft, name):
     plain = _greedy(Generator(target))
-    spec = _greedy(Generator(target, drafter="ngram"))
+    spec = _greedy(Generator(target, None if name in ("ngram", "recycle") else draft, drafter=name))
     assert spec.token_ids == plain.token_ids and spec.stats.proposed > 0
+
+
+@pytest.mark.parametrize("name", ["ngram", "mixed"])
+def test_model_free_and_composed_sampling_is_exact(target, draft, name):
+    """n-gram trees (deterministic nodes) and a merged n-gram + model + recycle tree keep
+    sampling exact (same check as test_sampling_is_exact)."""
+    from edgespec.runtime import drafters
+    params = SamplingParams(temperature=0.9, top_k=4)
+    gen = Generator(target, draft if name == "mixed" else None, drafter=name)
+    rng = np.random.default_rng(5)
+    runs, prompt, counts = 3000, [5, 17, 33, 2, 99, 5, 17, 33], {}
+    for _ in range(runs):
+        out = []
+        for step in decode_steps(target, prompt, params, drafters.create(name, gen, params), budget=4, rng=rng):
+            out.extend(step.tokens)
+            if len(out) >= 3:
+                break
+        counts[tuple(out[:3])] = counts.get(tuple(out[:3]), 0) + 1
+    dist = _exact_distribution(target, params, 3, prompt)
+    assert _chi_square_pvalue(counts, dist, runs) > 1e-3
 
 
 def _first_tokens(target, draft, params, n_tokens, tree, runs, seed):
@@ -107,9 +128,9 @@ def _first_tokens(target, draft, params, n_tokens, tree, runs, seed):
     return counts
 
 
-def _exact_distribution(target, params, n_tokens):
+def _exact_distribution(target, params, n_tokens, prompt=(5, 17, 33, 2, 99)):
     """Enumerate the target's distribution over its first n tokens (top-k keeps this small)."""
-    prompt = [5, 17, 33, 2, 99]
+    prompt = list(prompt)
     dist = {(): 1.0}
     for _ in range(n_tokens):
         nxt = {}
@@ -255,3 +276,14 @@ def test_reused_prompt_cache_gives_same_tokens(tiny_bundle):
     for _ in chat.stream(second_prompt, max_tokens=12):
         break
     assert chat.generate(second_prompt, max_tokens=12).token_ids == second.token_ids
+
+
+def test_recycle_table_stays_within_its_bound(target):
+    """Token recycling's table is fixed-size: int32 [vocab, 8], whatever the generation length."""
+    gen = Generator(target, drafter="recycle")
+    bound = target.vocab_size * 8 * 4
+    gen.generate(PROMPT, max_tokens=200)
+    assert gen.recycler.nbytes == bound
+    assert (gen.recycler.table >= 0).any()
+    gen.generate(PROMPT + " x", max_tokens=200)
+    assert gen.recycler.nbytes == bound

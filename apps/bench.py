@@ -1,0 +1,484 @@
+"""Benchmark suites: edgespec's decoding modes against onnxruntime-genai on the same bundle.
+
+`run_suite` tokenizes each prompt once (target tokenizer + chat template) and
+feeds the same ids to every mode. A mode is a runner with `run(ids,
+max_tokens) -> Trial`; edgespec modes share one loaded target (and draft)
+session, the onnxruntime-genai anchors load the bundle's untouched builder
+graph (`model.genai.onnx`, same weights) with the same thread count.
+
+Per prompt and mode: `warmup` untimed runs, `repeats` timed runs, medians of
+decode / prefill tok/s, acceptance, tokens per target pass and the time split;
+whether the ids equal the `plain` ids (and where they first differ); decode
+tok/s as a ratio of the `genai` anchor. Per category: medians over prompts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Callable, NamedTuple, Sequence
+
+from ..export.errors import EdgespecError
+
+EDGESPEC_MODES = ("plain", "chain", "tree", "ngram", "auto", "mixed", "recycle")
+GENAI_MODES = ("genai", "genai-spec", "genai-ngram")
+MODES = EDGESPEC_MODES + GENAI_MODES
+DEFAULT_MODES = ("plain", "chain", "tree", "ngram", "auto", "genai", "genai-spec", "genai-ngram")
+NEEDS_DRAFT = ("chain", "tree", "genai-spec")
+ANCHOR = "genai"
+REFERENCE = "plain"  # outputs of every mode are compared with this one
+GENAI_DRAFT_TOKENS = 4  # onnxruntime-genai's default max_draft_tokens
+GENAI_NGRAM_SIZE = 3
+
+
+# ----------------------------------------------------------------------------- prompts
+
+def load_suite(path: str | Path | None = None, categories: Sequence[str] | None = None,
+               per_category: int | None = None) -> list[dict]:
+    """Prompts of a suite file (default: the shipped code suite), optionally filtered."""
+    if path is None:
+        text = resources.files("edgespec.apps").joinpath("prompts/code.json").read_text()
+        source = "code.json"
+    else:
+        text, source = Path(path).read_text(), str(path)
+    data = json.loads(text)
+    prompts = data["prompts"] if isinstance(data, dict) else data
+    for p in prompts:
+        missing = {"id", "category", "messages"} - set(p)
+        if missing:
+            raise EdgespecError(f"prompt {p.get('id', '?')} in {source} lacks {', '.join(sorted(missing))}")
+    if categories:
+        known = sorted({p["category"] for p in prompts})
+        unknown = set(categories) - set(known)
+        if unknown:
+            raise EdgespecError(f"unknown categories {', '.join(sorted(unknown))} in {source} "
+                                f"(has {', '.join(known)})")
+        prompts = [p for p in prompts if p["category"] in categories]
+    if per_category:
+        seen: dict[str, int] = {}
+        kept = []
+        for p in prompts:
+            seen[p["category"]] = seen.get(p["category"], 0) + 1
+            if seen[p["category"]] <= per_category:
+                kept.append(p)
+        prompts = kept
+    return prompts
+
+
+# ----------------------------------------------------------------------------- trials
+
+@dataclass
+class Trial:
+    token_ids: list[int]
+    prompt_tokens: int
+    prefill_seconds: float
+    decode_seconds: float
+    decode_tokens: int  # tokens produced after the first one (the prefill's)
+    draft_seconds: float = 0.0
+    verify_seconds: float = 0.0
+    target_passes: int = 0
+    proposed: int = 0
+    accepted: int = 0
+
+    @property
+    def decode_tok_s(self) -> float:
+        return self.decode_tokens / self.decode_seconds if self.decode_seconds > 0 else 0.0
+
+    @property
+    def prefill_tok_s(self) -> float:
+        return self.prompt_tokens / self.prefill_seconds if self.prefill_seconds > 0 else 0.0
+
+    @property
+    def tokens_per_pass(self) -> float:
+        return self.decode_tokens / self.target_passes if self.target_passes else 0.0
+
+    @property
+    def acceptance_rate(self) -> float:
+        return self.accepted / self.proposed if self.proposed else 0.0
+
+    def split(self) -> dict:
+        """Fractions of decode time spent drafting, verifying, and elsewhere."""
+        if self.decode_seconds <= 0:
+            return {"draft": 0.0, "verify": 0.0, "overhead": 0.0}
+        draft = min(self.draft_seconds / self.decode_seconds, 1.0)
+        verify = min(self.verify_seconds / self.decode_seconds, 1.0 - draft)
+        return {"draft": draft, "verify": verify, "overhead": max(1.0 - draft - verify, 0.0)}
+
+    def summary(self) -> dict:
+        return {"new_tokens": len(self.token_ids), "prefill_seconds": self.prefill_seconds,
+                "decode_seconds": self.decode_seconds, "decode_tok_s": self.decode_tok_s,
+                "prefill_tok_s": self.prefill_tok_s, "tokens_per_pass": self.tokens_per_pass,
+                "acceptance_rate": self.acceptance_rate, "proposed": self.proposed,
+                "accepted": self.accepted, "target_passes": self.target_passes, "split": self.split()}
+
+
+# ----------------------------------------------------------------------------- runners
+
+class EdgespecRunner:
+    """One of edgespec's modes on already loaded sessions."""
+
+    def __init__(self, generator):
+        self.gen = generator
+
+    def run(self, ids: list[int], max_tokens: int) -> Trial:
+        from ..runtime.api import Stats
+        stats = Stats()
+        tokens = []
+        for chunk in self.gen.stream(_Ids(ids), max_tokens=max_tokens, stats=stats):
+            tokens.extend(chunk.token_ids)
+        return Trial(tokens, stats.prompt_tokens, stats.prefill_seconds, stats.decode_seconds,
+                     max(stats.new_tokens - 1, 0), stats.draft_seconds, stats.verify_seconds,
+                     stats.verify_passes, stats.proposed, stats.accepted)
+
+
+class _Ids(list):
+    """Prompt token ids that `_generator`'s encode passes through unchanged."""
+
+
+def _generator(target, draft, tree: bool, drafter: str | None):
+    """A Generator that takes `_Ids` as an already tokenized prompt (same ids for every mode)."""
+    from ..runtime.api import Generator
+
+    class PretokenizedGenerator(Generator):
+        def encode(self, prompt):
+            return list(prompt) if isinstance(prompt, _Ids) else super().encode(prompt)
+
+    return PretokenizedGenerator(target, draft, tree=tree, drafter=drafter)
+
+
+class GenaiRunner:
+    """onnxruntime-genai greedy on a bundle's builder graph; optionally its own speculation
+    (`draft`: a `model.draft` section naming the draft bundle's builder graph; `ngram_size`:
+    its prompt-lookup mode)."""
+
+    def __init__(self, loaded: "GenaiModel", draft: bool = False, ngram_size: int = 0,
+                 max_draft_tokens: int = GENAI_DRAFT_TOKENS):
+        import onnxruntime_genai as og
+        self.og = og
+        self.model, self.context, self.eos = loaded
+        self.speculative = draft or ngram_size > 0
+        self.options = {}
+        if draft:
+            self.options = {"max_draft_tokens": max_draft_tokens}
+        elif ngram_size:
+            self.options = {"ngram_size": ngram_size, "max_draft_tokens": max_draft_tokens}
+
+    def run(self, ids: list[int], max_tokens: int) -> Trial:
+        og = self.og
+        params = og.GeneratorParams(self.model)
+        length = len(ids) + max_tokens
+        params.set_search_options(max_length=min(length, self.context) if self.context else length,
+                                  do_sample=False)
+        if self.options:
+            params.set_speculative_options(**self.options)
+        generator = og.Generator(self.model, params)
+        t0 = time.perf_counter()
+        generator.append_tokens(_int32(ids))  # the prefill
+        generator.generate_next_token()  # the first new token (from the prefill's logits)
+        t1 = time.perf_counter()
+        first = generator.token_count() - len(ids)
+        while not generator.is_done():
+            generator.generate_next_token()
+        t2 = time.perf_counter()
+        out = [int(t) for t in generator.get_sequence(0)[len(ids):]][:max_tokens]
+        for i, t in enumerate(out):  # edgespec stops before the end token; count the same way
+            if t in self.eos:
+                out = out[:i]
+                break
+        trial = Trial(out, len(ids), t1 - t0, t2 - t1, max(len(out) - first, 0))
+        if self.speculative:
+            # target passes: verify (+ re-anchor) passes of speculative rounds, plus plain steps
+            # taken when nothing was drafted; all decode time not spent drafting counts as verify
+            s = generator.get_speculative_stats()
+            trial.draft_seconds = min(s.get("total_draft_ms", 0.0) / 1000, trial.decode_seconds)
+            trial.verify_seconds = trial.decode_seconds - trial.draft_seconds
+            trial.target_passes = (int(s.get("target_forward_passes", 0))
+                                   + int(s.get("standard_fallback_steps", 0)))
+            trial.proposed = int(s.get("draft_tokens_proposed", 0))
+            trial.accepted = int(s.get("draft_tokens_accepted", 0))
+        else:
+            trial.verify_seconds = trial.decode_seconds
+            trial.target_passes = trial.decode_tokens
+        return trial
+
+
+class GenaiModel(NamedTuple):
+    model: object  # onnxruntime_genai.Model
+    context: int  # max_length cap (0: unknown)
+    eos: set[int]
+
+
+def genai_model(target: Path, threads: int, draft: Path | None = None) -> GenaiModel:
+    """An onnxruntime-genai model for a bundle's builder graph with `threads` intra-op
+    threads; with `draft`, a `model.draft` section naming the draft bundle's builder graph
+    (which turns on onnxruntime-genai's draft-model speculation)."""
+    import onnxruntime_genai as og
+    base = json.loads((target / "genai_config.json").read_text())
+    overlay = {"model": {"decoder": {"session_options": {"intra_op_num_threads": threads}}}}
+    if draft is not None:
+        draft_decoder = json.loads((draft / "genai_config.json").read_text())["model"]["decoder"]
+        # onnxruntime-genai joins the filename to the target's folder: make it relative to that
+        draft_decoder["filename"] = os.path.relpath((draft / draft_decoder["filename"]).resolve(),
+                                                    target.resolve())
+        draft_decoder.setdefault("session_options", {})["intra_op_num_threads"] = threads
+        overlay["model"]["draft"] = draft_decoder
+    config = og.Config(str(target))
+    config.overlay(json.dumps(overlay))
+    return GenaiModel(og.Model(config), int(base["model"].get("context_length") or 0),
+                      _as_set(base["model"].get("eos_token_id")))
+
+
+def _int32(ids):
+    import numpy as np
+    return np.asarray(ids, dtype=np.int32)
+
+
+def _as_set(v) -> set[int]:
+    if v is None:
+        return set()
+    return {int(x) for x in v} if isinstance(v, list) else {int(v)}
+
+
+def _genai_missing(bundle: Path) -> str | None:
+    """Why onnxruntime-genai cannot run this bundle, or None."""
+    try:
+        import onnxruntime_genai  # noqa: F401
+    except ImportError as e:
+        return f"onnxruntime-genai is not installed ({e})"
+    config = bundle / "genai_config.json"
+    if not config.is_file():
+        return f"{bundle.name} has no genai_config.json"
+    filename = json.loads(config.read_text())["model"]["decoder"].get("filename", "")
+    if not (bundle / filename).is_file():
+        return f"{bundle.name}/{filename} (the builder graph) is missing"
+    return None
+
+
+def _runners(modes, target_path: Path, draft_path: Path | None, threads: int):
+    """mode -> zero-argument factory of its runner; sessions are loaded once and shared."""
+    from ..runtime.session import Session, SessionOptions
+    loaded: dict[str, object] = {}
+
+    def session(which: str):
+        """'target' spins its idle threads (fastest alone); with a draft model both sessions
+        sleep when idle, as `load()` sets them up, so neither steals the other's cores."""
+        if which not in loaded:
+            path = draft_path if which == "draft" else target_path
+            loaded[which] = Session(path, SessionOptions(threads=threads, spin=which == "target"))
+        return loaded[which]
+
+    def genai(draft: bool):
+        key = "genai-draft" if draft else "genai"  # genai and genai-ngram share one model
+        if key not in loaded:
+            loaded[key] = genai_model(target_path, threads, draft_path if draft else None)
+        return loaded[key]
+
+    def edgespec(tree: bool, drafter: str | None, draft: bool):
+        return lambda: EdgespecRunner(_generator(session("target-quiet" if draft else "target"),
+                                                 session("draft") if draft else None, tree, drafter))
+
+    factories: dict[str, Callable[[], object]] = {
+        "plain": edgespec(True, "none", False),
+        "chain": edgespec(False, "model", True),
+        "tree": edgespec(True, "model", True),
+        "ngram": edgespec(True, "ngram", False),
+        "auto": edgespec(True, "auto", draft_path is not None),
+        "mixed": edgespec(True, "mixed", draft_path is not None),
+        "recycle": edgespec(True, "recycle", False),
+        "genai": lambda: GenaiRunner(genai(False)),
+        "genai-spec": lambda: GenaiRunner(genai(True), draft=True),
+        "genai-ngram": lambda: GenaiRunner(genai(False), ngram_size=GENAI_NGRAM_SIZE),
+    }
+    return {m: factories[m] for m in modes}
+
+
+# ----------------------------------------------------------------------------- the suite
+
+def run_suite(target: str | Path, draft: str | Path | None = None, modes: Sequence[str] = DEFAULT_MODES,
+              prompts: Sequence[dict] | str | Path | None = None, max_tokens: int = 200, repeats: int = 2,
+              warmup: int = 1, threads: int = 2, progress: bool = True) -> dict:
+    """Run every prompt through every mode; return the JSON-ready results (see module doc)."""
+    from ..export.bundles import bundle_path
+    modes = list(dict.fromkeys(modes))
+    unknown = [m for m in modes if m not in MODES]
+    if unknown:
+        raise ValueError(f"unknown modes {', '.join(unknown)}; choose from {', '.join(MODES)}")
+    if not modes:
+        raise ValueError(f"no modes given; choose from {', '.join(MODES)}")
+    if repeats < 1 or warmup < 0 or max_tokens < 1 or threads < 1:
+        raise ValueError(f"need repeats >= 1, warmup >= 0, max_tokens >= 1, threads >= 1 "
+                         f"(got {repeats}, {warmup}, {max_tokens}, {threads})")
+    if draft in (None, "none") and any(m in NEEDS_DRAFT for m in modes):
+        needy = [m for m in modes if m in NEEDS_DRAFT]
+        raise EdgespecError(f"modes {', '.join(needy)} need a draft model; pass one (--draft) "
+                            f"or drop them from --modes")
+    if prompts is None or isinstance(prompts, (str, Path)):
+        prompts = load_suite(prompts)
+    prompts = list(prompts)
+    if not prompts:
+        raise ValueError("no prompts to run")
+    target_path = bundle_path(target)
+    draft_path = bundle_path(draft) if draft not in (None, "none") else None
+
+    unsupported: dict[str, str] = {}
+    for m in modes:
+        if m in GENAI_MODES:
+            reason = _genai_missing(target_path) or (_genai_missing(draft_path) if m == "genai-spec" else None)
+            if reason:
+                unsupported[m] = reason
+    factories = _runners([m for m in modes if m not in unsupported], target_path, draft_path, threads)
+    runners: dict[str, object] = {}
+    for m, make in factories.items():
+        try:
+            runners[m] = make()
+        except EdgespecError:
+            raise
+        except Exception as e:  # onnxruntime-genai refusing a config: record it, keep benchmarking
+            if m not in GENAI_MODES:
+                raise
+            unsupported[m] = f"{type(e).__name__}: {e}"
+    encode = _encoder(target_path)
+
+    from tqdm import tqdm
+    bar = tqdm(total=len(prompts) * len(runners) * (warmup + repeats), desc="bench", unit="run",
+               file=sys.stderr, disable=not progress, leave=False)
+    rows = []
+    try:
+        for p in prompts:
+            ids = encode(p["messages"])
+            row = {"id": p["id"], "category": p["category"], "prompt_tokens": len(ids), "modes": {}}
+            for m, runner in runners.items():
+                bar.set_postfix_str(f"{p['id']} {m}")
+                for _ in range(warmup):
+                    runner.run(ids, max_tokens)
+                    bar.update()
+                trials = []
+                for _ in range(repeats):
+                    trials.append(runner.run(ids, max_tokens))
+                    bar.update()
+                row["modes"][m] = _aggregate(trials)
+            _compare(row)
+            rows.append(row)
+    finally:
+        bar.close()
+
+    return {
+        "meta": _meta(target_path, draft_path, modes, threads, max_tokens, repeats, warmup),
+        "unsupported": unsupported,
+        "prompts": rows,
+        "categories": _categories(rows, [m for m in modes if m in runners]),
+        "peak_rss_mb": _peak_rss_mb(),
+    }
+
+
+def _encoder(target_path: Path):
+    """Chat-template encoding with the target's tokenizer, as the Generator does it."""
+    from transformers import AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(str(target_path))
+    if not tok.chat_template:
+        raise EdgespecError(f"{target_path.name} has no chat template; the suite's prompts are chat messages")
+
+    def encode(messages):
+        return list(tok.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=True,
+                                            return_dict=False))
+    return encode
+
+
+def _aggregate(trials: list[Trial]) -> dict:
+    med = lambda f: statistics.median(f(t) for t in trials)  # noqa: E731
+    split = {k: statistics.median(t.split()[k] for t in trials) for k in ("draft", "verify", "overhead")}
+    return {
+        "decode_tok_s": med(lambda t: t.decode_tok_s),
+        "prefill_tok_s": med(lambda t: t.prefill_tok_s),
+        "acceptance_rate": med(lambda t: t.acceptance_rate),
+        "tokens_per_pass": med(lambda t: t.tokens_per_pass),
+        "split": split,
+        "new_tokens": len(trials[-1].token_ids),
+        "token_ids": trials[-1].token_ids,
+        "trials": [t.summary() for t in trials],
+    }
+
+
+def _first_divergence(a: list[int], b: list[int]) -> int | None:
+    for i, (x, y) in enumerate(zip(a, b)):
+        if x != y:
+            return i
+    return None if len(a) == len(b) else min(len(a), len(b))
+
+
+def _compare(row: dict) -> None:
+    """Add matches_plain / first_divergence and ratio_vs_genai to each mode of one prompt."""
+    modes = row["modes"]
+    ref = modes.get(REFERENCE, {}).get("token_ids")
+    anchor = modes.get(ANCHOR, {}).get("decode_tok_s")
+    for m, r in modes.items():
+        if ref is None:
+            r["matches_plain"], r["first_divergence"] = None, None
+        else:
+            r["first_divergence"] = _first_divergence(r["token_ids"], ref)
+            r["matches_plain"] = r["first_divergence"] is None
+        r["ratio_vs_genai"] = r["decode_tok_s"] / anchor if anchor else None
+
+
+def _median(values) -> float | None:
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def _categories(rows: list[dict], modes: list[str]) -> dict:
+    """Per category (and "all"): medians over its prompts, per mode."""
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(r["category"], []).append(r)
+    groups["all"] = rows
+    out = {}
+    for cat, members in groups.items():
+        out[cat] = {}
+        for m in modes:
+            rs = [r["modes"][m] for r in members]
+            matches = [r["matches_plain"] for r in rs if r["matches_plain"] is not None]
+            out[cat][m] = {
+                "prompts": len(rs),
+                "decode_tok_s": _median(r["decode_tok_s"] for r in rs),
+                "prefill_tok_s": _median(r["prefill_tok_s"] for r in rs),
+                "acceptance_rate": _median(r["acceptance_rate"] for r in rs),
+                "tokens_per_pass": _median(r["tokens_per_pass"] for r in rs),
+                "ratio_vs_genai": _median(r["ratio_vs_genai"] for r in rs),
+                "matches_plain": f"{sum(matches)}/{len(matches)}" if matches else None,
+                "split": {k: _median(r["split"][k] for r in rs) for k in ("draft", "verify", "overhead")},
+            }
+    return out
+
+
+def _meta(target: Path, draft: Path | None, modes, threads, max_tokens, repeats, warmup) -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+    versions = {}
+    for pkg in ("edgespec", "onnxruntime", "onnxruntime-genai"):
+        try:
+            versions[pkg] = version(pkg)
+        except PackageNotFoundError:
+            versions[pkg] = None
+    return {"target": str(target), "draft": str(draft) if draft else None, "modes": list(modes),
+            "anchor": ANCHOR, "reference": REFERENCE, "threads": threads, "max_tokens": max_tokens,
+            "repeats": repeats, "warmup": warmup, "genai_max_draft_tokens": GENAI_DRAFT_TOKENS,
+            "genai_ngram_size": GENAI_NGRAM_SIZE, "versions": versions,
+            "platform": platform.platform(), "cpu_count": os.cpu_count(),
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
+
+def _peak_rss_mb() -> float:
+    """Peak resident memory of this process (ru_maxrss where the OS has it, else current RSS)."""
+    try:
+        import resource
+        kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return kb / 1024 / (1024 if sys.platform == "darwin" else 1)
+    except ImportError:
+        import psutil
+        return psutil.Process().memory_info().rss / 2**20

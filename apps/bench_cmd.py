@@ -1,0 +1,99 @@
+"""`edgespec bench`: a prompt suite through edgespec's modes and onnxruntime-genai, as a table,
+JSON and a plot. The work is `bench.run_suite`; this module parses flags and formats."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from ..export.errors import EdgespecError
+from .cli import cli
+from .run_cmd import DEFAULT_DRAFT, DEFAULT_TARGET
+
+
+def _csv(value: str | None) -> list[str]:
+    return [v.strip() for v in (value or "").split(",") if v.strip()]
+
+
+def _refuse_existing(path: Path | None, force: bool) -> None:
+    if path is not None and path.exists() and not force:
+        raise EdgespecError(f"{path} exists; pass --force to overwrite it")
+
+
+@cli.command("bench")
+@click.option("--target", default=DEFAULT_TARGET, show_default=True, help="bundle folder or preset")
+@click.option("--draft", default=DEFAULT_DRAFT, show_default=True, help="bundle, preset, or 'none'")
+@click.option("--modes", default=None, help="comma-separated; default: all of "
+              "plain,chain,tree,ngram,genai,genai-spec,genai-ngram")
+@click.option("--categories", default=None, help="comma-separated prompt categories (default: all)")
+@click.option("--prompts", "prompts_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              default=None, help="suite JSON (default: the shipped code suite)")
+@click.option("--max-tokens", type=int, default=200, show_default=True)
+@click.option("--repeats", type=int, default=2, show_default=True, help="timed runs per prompt and mode")
+@click.option("--warmup", type=int, default=1, show_default=True, help="untimed runs before them")
+@click.option("--threads", type=int, default=2, show_default=True, help="intra-op threads for every mode")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="write the full results here")
+@click.option("--plot", "plot_out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="write a PNG here")
+@click.option("--force", is_flag=True, help="overwrite existing --json / --plot files")
+@click.option("--quick", is_flag=True, help="1 prompt per category, 1 repeat, no warm-up")
+def bench_command(target, draft, modes, categories, prompts_file, max_tokens, repeats, warmup, threads,
+                  json_out, plot_out, force, quick):
+    """Benchmark decoding modes on a prompt suite against onnxruntime-genai."""
+    from .bench import DEFAULT_MODES, NEEDS_DRAFT, load_suite, run_suite
+    _refuse_existing(json_out, force)
+    _refuse_existing(plot_out, force)
+    mode_list = _csv(modes) or list(DEFAULT_MODES)
+    if draft == "none" and not modes:  # the default list without the modes that need a draft
+        mode_list = [m for m in mode_list if m not in NEEDS_DRAFT]
+    if quick:
+        repeats, warmup = 1, 0
+    prompts = load_suite(prompts_file, _csv(categories) or None, per_category=1 if quick else None)
+    result = run_suite(target, draft, modes=mode_list, prompts=prompts, max_tokens=max_tokens,
+                       repeats=repeats, warmup=warmup, threads=threads)
+    print_table(result)
+    if json_out is not None:
+        json_out.write_text(json.dumps(result, indent=1))
+        click.echo(f"wrote {json_out}", err=True)
+    if plot_out is not None:
+        from .plots import plot_suite
+        plot_suite(result, plot_out)
+        click.echo(f"wrote {plot_out}", err=True)
+
+
+def _fmt(v, spec: str) -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def print_table(result: dict) -> None:
+    """Per-category medians, one row per mode, to stdout."""
+    from rich.console import Console
+    from rich.table import Table
+    meta = result["meta"]
+    table = Table(title=f"{Path(meta['target']).name} vs {meta['anchor']}: {meta['threads']} threads, "
+                        f"{meta['max_tokens']} new tokens, median of {meta['repeats']}")
+    for name, justify in [("category", "left"), ("mode", "left"), ("decode tok/s", "right"),
+                          (f"x {meta['anchor']}", "right"), ("prefill tok/s", "right"),
+                          ("tok/pass", "right"), ("accept", "right"), ("draft/verify/other", "right"),
+                          ("= plain", "right")]:
+        table.add_column(name, justify=justify)
+    for cat, modes in result["categories"].items():
+        for i, (mode, r) in enumerate(modes.items()):
+            split = r["split"]
+            table.add_row(cat if i == 0 else "", mode, _fmt(r["decode_tok_s"], ".1f"),
+                          _fmt(r["ratio_vs_genai"], ".2f"), _fmt(r["prefill_tok_s"], ".0f"),
+                          _fmt(r["tokens_per_pass"], ".2f"), _fmt(r["acceptance_rate"], ".0%"),
+                          "/".join(_fmt(split[k], ".0%") for k in ("draft", "verify", "overhead")),
+                          r["matches_plain"] or "-", end_section=i == len(modes) - 1)
+    console = Console(width=max(Console().width, 120))
+    console.print(table)
+    for mode, reason in result["unsupported"].items():
+        console.print(f"{mode}: not run ({reason})")
+    console.print(f"peak RSS {result['peak_rss_mb']:.0f} MB")
+
+
+def main():
+    bench_command()

@@ -1,0 +1,137 @@
+"""`edgespec bench`: the suite runs every mode on the same ids, speculative outputs equal plain
+outputs, onnxruntime-genai's greedy ids equal edgespec's on the same weights, and the command
+writes JSON and a PNG."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from tiny_models import make_hf_model  # noqa: E402
+
+MODES = ["plain", "chain", "tree", "ngram", "genai"]
+PROMPTS = [  # short: the tiny models have a 512-token context and a 320-token byte-level vocabulary
+    {"id": "c1", "category": "completion", "messages": [{"role": "user", "content": "def add(a, b):"}]},
+    {"id": "c2", "category": "completion",
+     "messages": [{"role": "user", "content": "for i in range(10):\n    print(i)\n"}]},
+    {"id": "e1", "category": "edit", "messages": [
+        {"role": "user", "content": "Rename x to y:\n\nfor x in range(10):\n    print(x)\n    total = x + x\n"}]},
+    {"id": "x1", "category": "explain",
+     "messages": [{"role": "user", "content": "Explain: the quick brown fox jumps over the lazy dog"}]},
+]
+
+
+@pytest.fixture(scope="session")
+def bench_bundles(tmp_path_factory) -> tuple[Path, Path]:
+    """A tiny qwen2 target and a llama draft with the same tokenizer, exported fp32."""
+    from edgespec.export.pipeline import ExportOptions, export
+    from edgespec.quant.recipes import Recipe
+    root = tmp_path_factory.mktemp("bench")
+    out = []
+    for name, arch, seed in [("target", "qwen2", 0), ("draft", "llama", 1)]:
+        hf = make_hf_model(root / f"hf-{name}", arch, seed=seed)
+        export(str(hf), root / name, ExportOptions(recipe=Recipe("fp32"), force=True))
+        out.append(root / name)
+    return out[0], out[1]
+
+
+@pytest.fixture(scope="session")
+def suite_result(bench_bundles) -> dict:
+    from edgespec.apps.bench import run_suite
+    target, draft = bench_bundles
+    return run_suite(target, draft, modes=MODES, prompts=PROMPTS, max_tokens=16, repeats=1, warmup=0,
+                     threads=1, progress=False)
+
+
+def test_shipped_suite_has_three_prompts_per_category():
+    from edgespec.apps.bench import load_suite
+    prompts = load_suite()
+    by_cat = {}
+    for p in prompts:
+        by_cat.setdefault(p["category"], []).append(p)
+        assert p["messages"] and all({"role", "content"} <= set(m) for m in p["messages"])
+    assert {c: len(ps) for c, ps in by_cat.items()} == {"completion": 3, "edit": 3, "explain": 3}
+    assert len({p["id"] for p in prompts}) == len(prompts)
+    assert [p["id"] for p in load_suite(categories=["edit"], per_category=1)] == [by_cat["edit"][0]["id"]]
+
+
+def test_suite_runs_every_mode_on_the_same_prompt(suite_result):
+    assert suite_result["unsupported"] == {}
+    assert [r["id"] for r in suite_result["prompts"]] == [p["id"] for p in PROMPTS]
+    for row in suite_result["prompts"]:
+        assert set(row["modes"]) == set(MODES)
+        for mode, r in row["modes"].items():
+            assert r["decode_tok_s"] > 0 and r["prefill_tok_s"] > 0, (row["id"], mode)
+            assert r["new_tokens"] == len(r["token_ids"]) <= 16
+            assert len(r["trials"]) == 1
+            assert sum(r["split"].values()) == pytest.approx(1.0, abs=1e-6)
+    for cat in ("completion", "edit", "explain", "all"):
+        assert set(suite_result["categories"][cat]) == set(MODES)
+    assert suite_result["peak_rss_mb"] > 0
+
+
+def test_ratios_are_against_genai(suite_result):
+    for row in suite_result["prompts"]:
+        anchor = row["modes"]["genai"]["decode_tok_s"]
+        for r in row["modes"].values():
+            assert r["ratio_vs_genai"] == pytest.approx(r["decode_tok_s"] / anchor)
+        assert row["modes"]["genai"]["ratio_vs_genai"] == pytest.approx(1.0)
+    completion = [r for r in suite_result["prompts"] if r["category"] == "completion"]
+    expected = sorted(r["modes"]["tree"]["ratio_vs_genai"] for r in completion)
+    assert suite_result["categories"]["completion"]["tree"]["ratio_vs_genai"] == pytest.approx(
+        sum(expected) / 2)  # the median of two prompts
+
+
+def test_speculative_and_genai_outputs_equal_plain(suite_result):
+    """Lossless speculation; and onnxruntime-genai greedy on the builder graph gives the same ids
+    as edgespec's plain greedy on the tree-attention graph (both run the same weights)."""
+    for row in suite_result["prompts"]:
+        plain = row["modes"]["plain"]["token_ids"]
+        assert len(plain) > 1
+        for mode in MODES:
+            r = row["modes"][mode]
+            assert r["token_ids"] == plain, (row["id"], mode, r["first_divergence"])
+            assert r["matches_plain"] is True and r["first_divergence"] is None
+    drafted = [row["modes"][m] for row in suite_result["prompts"] for m in ("chain", "tree", "ngram")]
+    assert sum(r["trials"][0]["proposed"] for r in drafted) > 0
+
+
+def test_draft_modes_without_a_draft_are_refused(bench_bundles):
+    from edgespec.apps.bench import run_suite
+    from edgespec.export.errors import EdgespecError
+    with pytest.raises(EdgespecError, match="need a draft"):
+        run_suite(bench_bundles[0], None, modes=["plain", "tree"], prompts=PROMPTS, progress=False)
+    with pytest.raises(ValueError, match="unknown modes"):
+        run_suite(bench_bundles[0], None, modes=["plain", "beam"], prompts=PROMPTS, progress=False)
+
+
+def test_bench_command_writes_json_and_png(bench_bundles, tmp_path):
+    from click.testing import CliRunner
+    from edgespec.apps import bench_cmd  # noqa: F401  (registers the command)
+    from edgespec.apps.cli import cli
+    target, draft = bench_bundles
+    suite = tmp_path / "suite.json"
+    suite.write_text(json.dumps({"prompts": PROMPTS}))
+    out_json, out_png = tmp_path / "bench.json", tmp_path / "bench.png"
+    args = ["bench", "--target", str(target), "--draft", str(draft), "--prompts", str(suite),
+            "--modes", "plain,tree,ngram,genai,genai-spec,genai-ngram", "--max-tokens", "12",
+            "--threads", "1", "--quick", "--json", str(out_json), "--plot", str(out_png)]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert "genai" in result.output and "decode tok/s" in result.output
+    data = json.loads(out_json.read_text())
+    assert [r["id"] for r in data["prompts"]] == ["c1", "e1", "x1"]  # --quick: one per category
+    assert data["meta"]["repeats"] == 1 and data["meta"]["warmup"] == 0
+    ran = set(data["prompts"][0]["modes"])
+    assert ran | set(data["unsupported"]) == {"plain", "tree", "ngram", "genai", "genai-spec", "genai-ngram"}
+    for mode in ran:  # onnxruntime-genai's own speculation is lossless too
+        assert all(r["modes"][mode]["matches_plain"] for r in data["prompts"]), mode
+    assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    again = CliRunner().invoke(cli, args)
+    assert again.exit_code != 0 and "--force" in again.output
