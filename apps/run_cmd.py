@@ -17,7 +17,7 @@ def model_options(f):
     options = [
         click.option("--target", default=DEFAULT_TARGET, show_default=True, help="bundle folder or preset"),
         click.option("--draft", default=DEFAULT_DRAFT, show_default=True, help="bundle, preset, or 'none'"),
-        click.option("--drafter", type=click.Choice(["auto", "model", "ngram", "recycle", "mixed", "cross", "none"]),
+        click.option("--drafter", type=click.Choice(["auto", "model", "ngram", "recycle", "mixed", "self", "cross", "none"]),
                      default=None, help="default: auto when a draft is given, else none"),
         click.option("--tree/--chain", default=True, show_default=True, help="draft a token tree or a chain"),
         click.option("--budget", type=int, default=8, show_default=True, help="max drafted tokens per pass"),

@@ -39,6 +39,7 @@ class ExportOptions:
     force: bool = False
     parity: bool = True
     threads: int | None = None
+    layers: str | None = None  # keep only these decoder layers ("0-19"): a self-speculation draft
 
 
 def check_output_dir(out: Path, force: bool) -> None:
@@ -60,6 +61,9 @@ def export(source: str, out: str | Path, options: ExportOptions | None = None) -
     try:
         bar.set_postfix_str(stages[0])
         resolved = sources.resolve(source)
+        kept = None
+        if options.layers:
+            resolved, kept = _shallow(resolved, options.layers)
         bar.update()
         if work.exists():
             shutil.rmtree(work)
@@ -81,6 +85,9 @@ def export(source: str, out: str | Path, options: ExportOptions | None = None) -
         bar.set_postfix_str(stages[3])
         copy_tokenizer(resolved.hf_dir, bundle)
         manifest = _manifest(resolved, bundle, recipe, options, source)
+        manifest.layers_kept = kept
+        if kept is not None and options.role is None:
+            manifest.role = "draft"
         bar.update()
         bar.set_postfix_str(stages[4])
         if options.parity:
@@ -169,3 +176,16 @@ def _preset_role(resolved) -> str | None:
         return None
     from . import presets
     return presets.get(resolved.name).role
+
+
+def _shallow(resolved, spec: str):
+    """The source with only some layers kept, cached next to its full HF folder."""
+    import dataclasses
+    from .cache import cache_root
+    from .layers import keep_layers, parse_layers
+    config = json.loads((resolved.hf_dir / "config.json").read_text())
+    kept = parse_layers(spec, int(config["num_hidden_layers"]))
+    tag = "-".join(f"{a}" for a in kept) if len(kept) < 8 else f"{kept[0]}-{kept[-1]}x{len(kept)}"
+    out = cache_root() / "hf" / f"{resolved.source_sha256[:16]}-layers-{tag}"
+    keep_layers(resolved.hf_dir, kept, out)
+    return dataclasses.replace(resolved, hf_dir=out), kept

@@ -38,7 +38,7 @@ def register(name: str):
     return wrap
 
 
-NEEDS_DRAFT_MODEL = {"model", "cross"}
+NEEDS_DRAFT_MODEL = {"model", "cross", "self"}
 
 
 def create(name: str, gen, params: SamplingParams) -> Drafter:
@@ -149,6 +149,17 @@ class ModelDrafter:
 @register("model")
 def _model(gen, params):
     return ModelDrafter(gen.draft, params, tree=gen.tree, length=gen._length_policy())
+
+
+@register("self")
+def _self(gen, params):
+    """The target's own shallow copy (`edgespec export --layers`) drafting as a model would."""
+    t, d = gen.target.manifest, gen.draft.manifest
+    if not d.layers_kept or d.source.get("sha256") != t.source.get("sha256"):
+        from ..export.errors import EdgespecError
+        raise EdgespecError(f"drafter 'self' needs a draft exported from the target's own source with "
+                            f"--layers; {gen.draft.path.name} is not one (use --drafter model)")
+    return _model(gen, params)
 
 
 @register("ngram")

@@ -287,3 +287,27 @@ def test_recycle_table_stays_within_its_bound(target):
     assert (gen.recycler.table >= 0).any()
     gen.generate(PROMPT + " x", max_tokens=200)
     assert gen.recycler.nbytes == bound
+
+
+def test_self_speculation_with_a_shallow_copy(tiny_hf, target, draft, tmp_path):
+    """`export --layers 0` makes a 1-layer copy of the 2-layer target; as a 'self' draft it is
+    lossless, and its logits match the truncated torch model (the export's own parity check)."""
+    from edgespec.export.pipeline import ExportOptions, export
+    from edgespec.quant.recipes import Recipe
+    m = export(str(tiny_hf), tmp_path / "shallow", ExportOptions(recipe=Recipe("fp32"), layers="0"))
+    assert m.num_layers == 1 and m.layers_kept == [0] and m.role == "draft"
+    assert m.parity["max_abs_diff"] < 1e-4
+    shallow = Session(tmp_path / "shallow")
+    spec = _greedy(Generator(target, shallow, drafter="self"))
+    assert spec.token_ids == _greedy(Generator(target)).token_ids and spec.stats.proposed > 0
+    with pytest.raises(EdgespecError, match="drafter 'self' needs a draft exported from the target"):
+        Generator(target, draft, drafter="self").generate(PROMPT, max_tokens=4)
+
+
+def test_layers_spec_errors():
+    from edgespec.export.layers import parse_layers
+    assert parse_layers("0-2,5", 8) == [0, 1, 2, 5]
+    with pytest.raises(EdgespecError, match="outside the model's layers 0-7"):
+        parse_layers("0-8", 8)
+    with pytest.raises(EdgespecError, match="is not N or N-M"):
+        parse_layers("a-b", 8)
