@@ -92,7 +92,7 @@ def check_compatible(target: Session, draft: Session) -> None:
     if problems:
         raise EdgespecError(
             f"draft {draft.path.name} cannot draft for {target.path.name}: " + "; ".join(problems) +
-            ". Choose a draft exported from the same tokenizer, or --draft none")
+            ". Choose a draft exported from the same tokenizer, use --drafter cross, or --draft none")
 
 
 class Generator:
@@ -105,7 +105,7 @@ class Generator:
         from transformers import AutoTokenizer
         self.target = target
         self.draft = draft
-        if draft is not None:
+        if draft is not None and drafter != "cross":  # the cross-vocab drafter maps through text
             check_compatible(target, draft)
         self.tree = tree
         self.budget = budget

@@ -24,22 +24,24 @@ with delta proposals emits tokens that follow the target's distribution
 exactly, whatever the proposal is and however it was chosen from the context.
 So this drafter is lossless for greedy and exact for sampling at every
 temperature with no vocabulary alignment at all; the draft only needs to write
-the same text. What it gives up: at temperature > 0 a delta proposal is
-accepted with probability p(x) only, where a sampled proposal q is accepted
-with sum_x min(p, q) — so acceptance falls as the target's distribution spreads.
-The heterogeneous-vocabulary speculative decoding methods recover sampled
-proposals: token-level intersection (TLI) restricts and renormalises the
-draft's distribution to the tokens both vocabularies share, giving a proper q
-over target ids for ordinary rejection sampling; string-level exact matching
-(SLEM) and string-level rejection sampling work on the probability of the
-drafted *string*, which needs the draft's probability of every target-token
-string (a sum over the draft's segmentations of it). They would add higher
-acceptance at high temperature; they cost a vocabulary intersection table
-(TLI; and tokens outside the intersection can never be drafted, which for a
-49k draft vs a 152k target is most long tokens), or several extra draft passes
-per proposal to score segmentations (string level) — on a 2-core CPU, where
-coding use is mostly greedy or low temperature, the cheap exact delta scheme
-wins. A sampled variant can be added later without touching verification.
+the same text. In the terms of the heterogeneous-vocabulary speculative
+decoding literature (Timor et al., 2025) this is string-level exact matching
+(SLEM: draft text re-tokenized by the target, verified token by token), with
+the delta-q rejection step making it exact for sampling too. What it gives up:
+at temperature > 0 a delta proposal x is accepted with probability p(x) only,
+where a sampled proposal q is accepted with sum_x min(p, q), so acceptance
+falls as the target's distribution spreads. The alternatives recover sampled
+proposals. Token-level intersection (TLI) restricts and renormalises the
+draft's distribution to the tokens both vocabularies share, a proper q over
+target ids for ordinary rejection sampling; it costs a vocabulary intersection
+table, and tokens outside the intersection (for a 49k draft and a 152k target,
+most long target tokens) can never be drafted, so greedy acceptance drops.
+String-level rejection sampling scores the drafted *string*: it needs the
+draft's probability of every target-token string, a sum over the draft's
+segmentations of it, i.e. extra draft passes per proposal. Both would raise
+acceptance at high temperature; on a 2-core CPU, where coding use is greedy or
+low temperature, the cheap exact delta scheme wins. A sampled variant can be
+added later without touching verification.
 
 Efficiency: the draft ids are kept as ids of a stable prefix of the text plus
 a re-tokenized tail (between `window` and 2 * `window` target tokens); the

@@ -162,6 +162,13 @@ def _self(gen, params):
     return _model(gen, params)
 
 
+@register("cross")
+def _cross(gen, params):
+    """A draft with another tokenizer, through text (see runtime/cross_vocab.py)."""
+    from .cross_vocab import make_cross_vocab
+    return make_cross_vocab(gen.draft, gen.tokenizer)
+
+
 @register("ngram")
 def _ngram(gen, params, **kwargs):
     from .ngram import NgramDrafter
