@@ -102,7 +102,7 @@ class Generator:
         (a chat's next turn prefills only what is new)."""
         self.reuse_cache = reuse_cache
         self.use_profiles = True  # size drafts from cached device profiles (`edgespec devices --profile`)
-        from transformers import AutoTokenizer
+        from .tokenizer import BundleTokenizer
         self.target = target
         self.draft = draft
         if draft is not None and drafter != "cross":  # the cross-vocab drafter maps through text
@@ -115,7 +115,7 @@ class Generator:
                              f"none, {', '.join(sorted(drafters.REGISTRY))}")
         if self.drafter_name in drafters.NEEDS_DRAFT_MODEL and draft is None:
             raise EdgespecError(f"drafter '{self.drafter_name}' needs a draft bundle (--draft)")
-        self.tokenizer = AutoTokenizer.from_pretrained(str(target.path))
+        self.tokenizer = BundleTokenizer(target.path)
         self.eos = set(target.manifest.eos_token_ids)
         self.recycler = None  # token recycling's table outlives a call: it is knowledge about the model
 

@@ -190,6 +190,6 @@ class CrossVocabDrafter:
 
 def make_cross_vocab(draft_session: Session, target_tokenizer, **kwargs) -> CrossVocabDrafter:
     """The registry's factory: the draft's own tokenizer comes from its bundle folder."""
-    from transformers import AutoTokenizer
-    draft_tokenizer = AutoTokenizer.from_pretrained(str(draft_session.path))
+    from .tokenizer import BundleTokenizer
+    draft_tokenizer = BundleTokenizer(draft_session.path)
     return CrossVocabDrafter(draft_session, draft_tokenizer, target_tokenizer, **kwargs)

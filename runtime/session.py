@@ -142,8 +142,12 @@ class Session:
         logits = b.get_outputs()[0].numpy()[0]  # [S, vocab]
         return logits.astype(np.float32, copy=False)
 
-    def prefill(self, tokens, chunk: int = 256) -> np.ndarray:
-        """Feed a prompt in chunks (bounded activation memory); return the last logits [vocab]."""
+    def prefill(self, tokens, chunk: int = 64) -> np.ndarray:
+        """Feed a prompt in chunks; return the last logits [vocab].
+
+        Every position gets logits ([chunk, vocab], 39 MB at 64 x 152k), which ORT's arena then
+        keeps: small chunks bound that memory at no measured cost in prefill speed.
+        """
         tokens = list(tokens)
         if not tokens:
             raise ValueError("prefill needs at least one token")
