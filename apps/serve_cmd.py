@@ -1,0 +1,59 @@
+"""`edgespec serve`: an OpenAI-compatible HTTP server (uvicorn) over one model, on 127.0.0.1 by default."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+
+import click
+
+from .cli import cli
+from .run_cmd import model_options
+from .server import MAX_BODY
+
+
+def _model_name(target: str) -> str:
+    from pathlib import Path
+    path = Path(target).expanduser()
+    return path.name if path.exists() else target
+
+
+@cli.command("serve")
+@model_options
+@click.option("--host", default="127.0.0.1", show_default=True, help="address to bind")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
+@click.option("--api-key", default=lambda: os.environ.get("EDGESPEC_API_KEY"),
+              help="require 'Authorization: Bearer KEY' on /v1/ routes [default: $EDGESPEC_API_KEY]")
+@click.option("--model-name", default=None, help="model id clients send [default: the target's name]")
+@click.option("--queue-size", type=click.IntRange(0), default=4, show_default=True,
+              help="requests that may wait while one runs; more get 429")
+@click.option("--max-body", type=click.IntRange(1), default=MAX_BODY, show_default=True,
+              help="largest request body in bytes")
+@click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]),
+              default="info", show_default=True)
+def serve_command(target, draft, drafter, tree, budget, threads, provider, host, port, api_key, model_name,
+                  queue_size, max_body, log_level):
+    """Serve a model over an OpenAI-compatible HTTP API (/v1/chat/completions, /v1/completions)."""
+    import uvicorn
+
+    from .chat_cmd import load_chat_generator
+    from .server import create_app
+    if api_key is not None and not api_key:
+        raise click.BadParameter("the API key is empty", param_hint="--api-key")
+    if not _is_loopback(host) and api_key is None:
+        click.echo(f"warning: serving on {host} without --api-key: anyone who can reach it can use it",
+                   err=True)
+    gen = load_chat_generator(target, draft, drafter, tree, budget, threads, provider)
+    name = model_name or _model_name(target)
+    app = create_app({name: gen}, api_key=api_key, queue_size=queue_size, max_body=max_body)
+    click.echo(f"serving {name} (drafter {gen.drafter_name}) on http://{host}:{port}/v1", err=True)
+    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=2)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -1,0 +1,435 @@
+"""An OpenAI-compatible HTTP API over Generators (FastAPI): `create_app(models) -> app`.
+
+Each model has one worker thread: requests run one at a time in arrival order, a bounded
+number wait (more get 429 with Retry-After), and a request whose client goes away is
+stopped at the next token. Generation runs in the worker thread and hands pieces to the
+event loop; nothing model-related (tokenizer included) runs anywhere else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import math
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, AsyncIterator, Literal
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from starlette.exceptions import HTTPException
+
+from ..export.errors import EdgespecError
+from ..runtime.api import Chunk, Generator, Stats
+
+MAX_BODY = 1 << 20  # bytes
+
+
+# ---------------------------------------------------------------- errors
+
+class APIError(HTTPException):
+    """An error sent as OpenAI's {"error": {message, type, param, code}} object."""
+
+    def __init__(self, status: int, message: str, type: str = "invalid_request_error",
+                 param: str | None = None, code: str | None = None, headers: dict | None = None):
+        super().__init__(status, message, headers)
+        self.body = {"error": {"message": message, "type": type, "param": param, "code": code}}
+
+
+def _error_response(exc: HTTPException) -> JSONResponse:
+    body = getattr(exc, "body", None) or {"error": {
+        "message": str(exc.detail), "type": "invalid_request_error", "param": None, "code": None}}
+    return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+
+
+class BodyLimit:
+    """ASGI middleware: refuse request bodies over `max_bytes` (declared or streamed) with 413."""
+
+    def __init__(self, app, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            return await _error_response(self._too_large())(scope, receive, send)
+        seen = 0
+
+        async def limited():
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    raise self._too_large()
+            return message
+        await self.app(scope, limited, send)
+
+    def _too_large(self) -> APIError:
+        return APIError(413, f"request body over {self.max_bytes} bytes", code="request_too_large")
+
+
+class ApiKey:
+    """ASGI middleware: /v1/ routes need `Authorization: Bearer KEY` (constant-time compare)."""
+
+    def __init__(self, app, key: str):
+        if not key:
+            raise ValueError("the API key is empty")
+        self.app, self.key = app, key.encode()
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["path"].startswith("/v1/"):
+            scheme, _, token = dict(scope["headers"]).get(b"authorization", b"").partition(b" ")
+            if scheme.lower() != b"bearer" or not hmac.compare_digest(token.strip(), self.key):
+                error = APIError(401, "missing or wrong API key (send Authorization: Bearer KEY)",
+                                 code="invalid_api_key")
+                return await _error_response(error)(scope, receive, send)
+        await self.app(scope, receive, send)
+
+
+# ---------------------------------------------------------------- requests
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="allow")  # other OpenAI fields are accepted and unused
+    model: str
+    stream: bool = False
+    stream_options: dict | None = None
+    max_tokens: int | None = Field(None, ge=1)
+    temperature: float = Field(1.0, ge=0.0, le=2.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    top_k: int = Field(0, ge=0)  # extension
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    n: int = 1
+    logprobs: Any = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: dict | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _nulls_are_defaults(cls, data):
+        return {k: v for k, v in data.items() if v is not None} if isinstance(data, dict) else data
+
+    def check_supported(self) -> None:
+        """Refuse what we would otherwise silently ignore."""
+        unsupported = [("n", self.n != 1), ("logprobs", bool(self.logprobs)),
+                       ("presence_penalty", self.presence_penalty != 0),
+                       ("frequency_penalty", self.frequency_penalty != 0), ("logit_bias", bool(self.logit_bias))]
+        for name, bad in unsupported:
+            if bad:
+                raise APIError(400, f"{name}={getattr(self, name)!r} is not supported by edgespec", param=name)
+        stops = [self.stop] if isinstance(self.stop, str) else self.stop or []
+        if len(stops) > 4 or not all(stops):
+            raise APIError(400, f"give at most 4 non-empty stop strings (got {self.stop!r})", param="stop")
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[dict]
+
+    def text(self, i: int) -> str:
+        if isinstance(self.content, str):
+            return self.content
+        parts = []
+        for part in self.content:
+            if part.get("type") != "text" or not isinstance(part.get("text"), str):
+                raise APIError(400, f"only text content parts are supported (got type {part.get('type')!r})",
+                               param=f"messages[{i}].content")
+            parts.append(part["text"])
+        return "".join(parts)
+
+
+class ChatRequest(_Request):
+    messages: list[_Message] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    tools: list | None = None
+
+    def prompt(self) -> list[dict]:
+        if self.tools:
+            raise APIError(400, "tools are not supported by edgespec", param="tools")
+        return [{"role": "system" if m.role == "developer" else m.role, "content": m.text(i)}
+                for i, m in enumerate(self.messages)]
+
+
+class CompletionRequest(_Request):
+    prompt: str | list[str]
+    max_tokens: int | None = Field(16, ge=1)  # OpenAI's default for completions
+    echo: bool = False
+    suffix: str | None = None
+    best_of: int | None = None
+
+    def text(self) -> str:
+        for name, bad in [("echo", self.echo), ("suffix", self.suffix), ("best_of", self.best_of not in (None, 1))]:
+            if bad:
+                raise APIError(400, f"{name} is not supported by edgespec", param=name)
+        if isinstance(self.prompt, list):
+            if len(self.prompt) != 1:
+                raise APIError(400, f"give one prompt (got {len(self.prompt)})", param="prompt")
+            return self.prompt[0]
+        return self.prompt
+
+
+async def _parse(request: Request, cls):
+    body = await request.body()
+    try:
+        data = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise APIError(400, f"request body is not valid JSON ({e})", code="invalid_json") from None
+    if not isinstance(data, dict):
+        raise APIError(400, "request body must be a JSON object", code="invalid_json")
+    try:
+        parsed = cls.model_validate(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        param = ".".join(str(p) for p in err["loc"]) or None
+        got = f" (got {err['input']!r:.80})" if param and "input" in err else ""
+        raise APIError(400, f"{param}: {err['msg']}{got}" if param else err["msg"], param=param) from None
+    parsed.check_supported()
+    return parsed
+
+
+# ---------------------------------------------------------------- one worker per model
+
+class _Done:
+    def __init__(self, error: BaseException | None = None):
+        self.error = error
+
+
+class ModelWorker:
+    """Runs one generation at a time on its own thread; `queue_size` more may wait."""
+
+    def __init__(self, name: str, gen: Generator, queue_size: int):
+        self.name, self.gen, self.queue_size = name, gen, queue_size
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"edgespec-{name}")
+        self._turn: asyncio.Lock | None = None  # FIFO; made on the server's event loop
+        self.admitted = 0  # running + waiting
+        self.running = False
+        self.served = 0
+        self.cancelled = 0
+        self._seconds = 0.0  # running mean of request durations, for Retry-After
+
+    def status(self) -> dict:
+        return {"running": int(self.running), "queued": self.admitted - int(self.running),
+                "queue_size": self.queue_size, "served": self.served, "cancelled": self.cancelled}
+
+    def admit(self) -> None:
+        if self.admitted >= 1 + self.queue_size:
+            retry = max(1, math.ceil(self._seconds * self.admitted))
+            raise APIError(429, f"model {self.name} is busy: 1 request running and {self.queue_size} "
+                                f"waiting; retry in {retry}s", type="rate_limit_error",
+                           code="rate_limit_exceeded", headers={"Retry-After": str(retry)})
+        self.admitted += 1
+
+    async def stream(self, request: Request, prompt, params: dict, stats: Stats) -> AsyncIterator[Chunk]:
+        """Wait for the model, then yield its chunks. Call `admit()` first. Closing this
+        iterator (or the client going away) stops the generation at the next token."""
+        loop = asyncio.get_running_loop()
+        if self._turn is None:
+            self._turn = asyncio.Lock()
+        try:
+            await self._turn.acquire()
+        except BaseException:
+            self.admitted -= 1
+            raise
+        chunks: asyncio.Queue = asyncio.Queue()
+        stop = threading.Event()
+        started = time.perf_counter()
+
+        def work() -> bool:  # on the model's thread; True when stopped early
+            error, stopped = None, False
+            try:
+                steps = self.gen.stream(prompt, stats=stats, **params)
+                try:
+                    for chunk in steps:
+                        if stop.is_set():
+                            stopped = True
+                            break
+                        loop.call_soon_threadsafe(chunks.put_nowait, chunk)
+                finally:
+                    steps.close()  # leaves the KV cache consistent
+            except BaseException as e:  # handed to the request; the thread lives on
+                error = e
+            loop.call_soon_threadsafe(chunks.put_nowait, _Done(error))
+            return stopped
+
+        def finished(future):
+            seconds = time.perf_counter() - started
+            self._seconds = 0.8 * self._seconds + 0.2 * seconds if self.served else seconds
+            self.served += 1
+            self.cancelled += bool(future.result())
+            self.running = False
+            self.admitted -= 1
+            self._turn.release()
+
+        if await request.is_disconnected():  # gave up while waiting
+            self.admitted -= 1
+            self.cancelled += 1
+            self._turn.release()
+            return
+        self.running = True
+        loop.run_in_executor(self._thread, work).add_done_callback(finished)
+        try:
+            while True:
+                item = await chunks.get()
+                if isinstance(item, _Done):
+                    if item.error is not None:
+                        raise item.error
+                    return
+                yield item
+        finally:
+            stop.set()
+
+    def close(self) -> None:
+        self._thread.shutdown(wait=False, cancel_futures=True)
+
+
+# ---------------------------------------------------------------- the app
+
+def create_app(models: dict[str, Generator], *, api_key: str | None = None, queue_size: int = 4,
+               max_body: int = MAX_BODY) -> FastAPI:
+    """An OpenAI-compatible app serving `models` (name -> Generator)."""
+    if not models:
+        raise ValueError("no models to serve")
+    if queue_size < 0:
+        raise ValueError(f"queue_size must be >= 0 (got {queue_size})")
+    workers = {name: ModelWorker(name, gen, queue_size) for name, gen in models.items()}
+    created = int(time.time())
+    app = FastAPI(title="edgespec", docs_url=None, redoc_url=None, openapi_url=None)
+    app.add_middleware(BodyLimit, max_bytes=max_body)
+    if api_key is not None:
+        app.add_middleware(ApiKey, key=api_key)  # outermost: checked before the body is read
+    app.state.workers = workers
+
+    @app.exception_handler(HTTPException)
+    async def _http_error(request, exc):
+        return _error_response(exc)
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok", "models": {n: w.status() for n, w in workers.items()}}
+
+    @app.get("/v1/models")
+    async def list_models():
+        return {"object": "list", "data": [{"id": n, "object": "model", "created": created,
+                                            "owned_by": "edgespec"} for n in workers]}
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        body = await _parse(request, ChatRequest)
+        max_tokens = body.max_completion_tokens or body.max_tokens
+        return await _complete(request, body, body.prompt(), max_tokens, chat=True)
+
+    @app.post("/v1/completions")
+    async def completions(request: Request):
+        body = await _parse(request, CompletionRequest)
+        return await _complete(request, body, body.text(), body.max_tokens, chat=False)
+
+    async def _complete(request: Request, body: _Request, prompt, max_tokens: int | None, chat: bool):
+        worker = workers.get(body.model)
+        if worker is None:
+            raise APIError(404, f"model {body.model!r} does not exist; this server has {sorted(workers)}",
+                           param="model", code="model_not_found")
+        params = dict(max_tokens=max_tokens or worker.gen.target.max_len, temperature=body.temperature,
+                      top_p=body.top_p, top_k=body.top_k, seed=body.seed, stop=body.stop)
+        worker.admit()
+        stats = Stats()
+        chunks = worker.stream(request, prompt, params, stats)
+        try:
+            first = await anext(chunks, None)  # errors in the prompt or parameters surface here, as 400s
+        except (ValueError, EdgespecError) as e:
+            await chunks.aclose()
+            raise APIError(400, str(e), code="context_length_exceeded" if "does not fit" in str(e) else None)
+        except BaseException:
+            await chunks.aclose()
+            raise
+        meta = dict(id=("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex, created=int(time.time()),
+                    model=body.model)
+        if body.stream:
+            usage = bool((body.stream_options or {}).get("include_usage"))
+            return _SSE(_events(request, chunks, first, stats, meta, chat, usage))
+        return await _collect(request, chunks, first, stats, meta, chat)
+
+    return app
+
+
+def _usage(stats: Stats) -> dict:
+    return {"prompt_tokens": stats.prompt_tokens, "completion_tokens": stats.new_tokens,
+            "total_tokens": stats.prompt_tokens + stats.new_tokens}
+
+
+async def _collect(request, chunks, first, stats, meta, chat) -> JSONResponse:
+    text, last_check = [], time.monotonic()
+    try:
+        item = first
+        while item is not None:
+            text.append(item.text)
+            if time.monotonic() - last_check > 0.25:  # a client that went away frees the model
+                last_check = time.monotonic()
+                if await request.is_disconnected():
+                    return JSONResponse({}, status_code=499)
+            item = await anext(chunks, None)
+    finally:
+        await chunks.aclose()
+    text = "".join(text)
+    choice = ({"index": 0, "message": {"role": "assistant", "content": text}} if chat else
+              {"index": 0, "text": text})
+    choice.update(finish_reason=stats.finish_reason, logprobs=None)
+    return JSONResponse({**meta, "object": "chat.completion" if chat else "text_completion",
+                         "choices": [choice], "usage": _usage(stats), "edgespec": stats.to_dict()})
+
+
+async def _events(request, chunks, first, stats, meta, chat, usage) -> AsyncIterator[str]:
+    """Server-sent events: OpenAI's chunk objects, then `data: [DONE]`."""
+    kind = "chat.completion.chunk" if chat else "text_completion"
+
+    def event(choices: list, **extra) -> str:
+        return f"data: {json.dumps({**meta, 'object': kind, 'choices': choices, **extra})}\n\n"
+
+    def piece(text: str, finish=None) -> dict:
+        if chat:
+            return {"index": 0, "delta": {"content": text} if text or finish is None else {},
+                    "finish_reason": finish, "logprobs": None}
+        return {"index": 0, "text": text, "finish_reason": finish, "logprobs": None}
+
+    try:
+        if chat:
+            yield event([{"index": 0, "delta": {"role": "assistant", "content": ""},
+                          "finish_reason": None, "logprobs": None}])
+        item = first
+        while item is not None:
+            if item.text:
+                yield event([piece(item.text)])
+            try:
+                item = await anext(chunks, None)
+            except Exception as e:  # headers are sent: report in the stream
+                err = APIError(500, f"generation failed: {e}", type="server_error")
+                yield f"data: {json.dumps(err.body)}\n\n"
+                return
+        yield event([piece("", stats.finish_reason)], edgespec=stats.to_dict())
+        if usage:
+            yield event([], usage=_usage(stats))
+        yield "data: [DONE]\n\n"
+    finally:
+        await chunks.aclose()
+
+
+class _SSE(StreamingResponse):
+    """An event stream whose generator is closed however the response ends (client gone included),
+    so the model is freed at once rather than when the generator is garbage-collected."""
+
+    def __init__(self, events: AsyncIterator[str]):
+        super().__init__(events, media_type="text/event-stream",
+                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    async def __call__(self, scope, receive, send):
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self.body_iterator.aclose()
