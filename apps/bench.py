@@ -261,17 +261,21 @@ def _genai_missing(bundle: Path) -> str | None:
     return None
 
 
-def _runners(modes, target_path: Path, draft_path: Path | None, threads: int):
+def _runners(modes, target_path: Path, draft_path: Path | None, threads: int, shared_pool: bool = False):
     """mode -> zero-argument factory of its runner; sessions are loaded once and shared."""
     from ..runtime.session import Session, SessionOptions
     loaded: dict[str, object] = {}
 
     def session(which: str):
-        """'target' spins its idle threads (fastest alone); with a draft model both sessions
-        sleep when idle, as `load()` sets them up, so neither steals the other's cores."""
+        """As `load()` sets them up. On the process-wide pool one target serves every mode;
+        otherwise 'target' spins its idle threads (fastest alone) while with a draft model both
+        sessions sleep when idle, so neither steals the other's cores."""
+        if shared_pool and which == "target-quiet":
+            which = "target"
         if which not in loaded:
             path = draft_path if which == "draft" else target_path
-            loaded[which] = Session(path, SessionOptions(threads=threads, spin=which == "target"))
+            loaded[which] = Session(path, SessionOptions(threads=threads, spin=shared_pool or which == "target",
+                                                         shared_pool=shared_pool))
         return loaded[which]
 
     def genai(draft: bool):
@@ -303,8 +307,11 @@ def _runners(modes, target_path: Path, draft_path: Path | None, threads: int):
 
 def run_suite(target: str | Path, draft: str | Path | None = None, modes: Sequence[str] = DEFAULT_MODES,
               prompts: Sequence[dict] | str | Path | None = None, max_tokens: int = 200, repeats: int = 2,
-              warmup: int = 1, threads: int = 2, progress: bool = True) -> dict:
-    """Run every prompt through every mode; return the JSON-ready results (see module doc)."""
+              warmup: int = 1, threads: int = 2, progress: bool = True, shared_pool: bool = False) -> dict:
+    """Run every prompt through every mode; return the JSON-ready results (see module doc).
+
+    shared_pool: edgespec sessions on ONNX Runtime's process-wide pool, as `edgespec run` uses it.
+    """
     from ..export.bundles import bundle_path
     modes = list(dict.fromkeys(modes))
     unknown = [m for m in modes if m not in MODES]
@@ -333,7 +340,8 @@ def run_suite(target: str | Path, draft: str | Path | None = None, modes: Sequen
             reason = _genai_missing(target_path) or (_genai_missing(draft_path) if m == "genai-spec" else None)
             if reason:
                 unsupported[m] = reason
-    factories = _runners([m for m in modes if m not in unsupported], target_path, draft_path, threads)
+    factories = _runners([m for m in modes if m not in unsupported], target_path, draft_path, threads,
+                         shared_pool)
     runners: dict[str, object] = {}
     for m, make in factories.items():
         try:

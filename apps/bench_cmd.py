@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from ..export.errors import EdgespecError
+from . import cli as cli_module
 from .cli import cli
 from .run_cmd import DEFAULT_DRAFT, DEFAULT_TARGET
 
@@ -53,7 +54,7 @@ def bench_command(target, draft, modes, categories, prompts_file, max_tokens, re
         repeats, warmup = 1, 0
     prompts = load_suite(prompts_file, _csv(categories) or None, per_category=1 if quick else None)
     result = run_suite(target, draft, modes=mode_list, prompts=prompts, max_tokens=max_tokens,
-                       repeats=repeats, warmup=warmup, threads=threads)
+                       repeats=repeats, warmup=warmup, threads=threads, shared_pool=cli_module.PROCESS_OWNED)
     print_table(result)
     if json_out is not None:
         json_out.write_text(json.dumps(result, indent=1))

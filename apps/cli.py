@@ -29,6 +29,13 @@ def cli():
     """edgespec: on-device LLM runtime with lossless speculative decoding."""
 
 
+# True when the `edgespec` console script owns the process (not when `cli` is invoked from
+# Python, e.g. by tests): only then may commands switch ONNX Runtime to its process-wide pool.
+PROCESS_OWNED = False
+
+
 def main():
+    global PROCESS_OWNED
+    PROCESS_OWNED = True
     from . import bench_cmd, chat_cmd, devices_cmd, export_cmd, quality_cmd, run_cmd, serve_cmd  # noqa: F401
     cli()

@@ -6,6 +6,7 @@ import sys
 
 import click
 
+from . import cli as cli_module
 from .cli import cli
 
 DEFAULT_TARGET = "qwen2.5-coder-1.5b"
@@ -47,7 +48,7 @@ def load_generator(target, draft, drafter, tree, budget, threads, provider):
     if drafter in ("ngram", "recycle", "none"):
         draft = None  # model-free drafters: do not load (or export) a draft model
     return load(target, None if draft == "none" else draft, tree=tree, budget=budget,
-                drafter=drafter, threads=threads, provider=provider)
+                drafter=drafter, threads=threads, provider=provider, shared_pool=cli_module.PROCESS_OWNED)
 
 
 @cli.command("run")

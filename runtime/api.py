@@ -252,14 +252,19 @@ def _stop_prefix_len(text: str, stops: list[str]) -> int:
 
 def load(target: str | Path, draft: str | Path | None = None, *, tree: bool = True, budget: int = 8,
          drafter: str | None = None, threads: int | None = None, provider: str = "cpu",
-         max_context: int | None = None, reuse_cache: bool = False) -> Generator:
-    """Load a target (bundle folder or preset) and optionally a draft, ready to generate."""
+         max_context: int | None = None, reuse_cache: bool = False, shared_pool: bool = False) -> Generator:
+    """Load a target (bundle folder or preset) and optionally a draft, ready to generate.
+
+    shared_pool: draft and target share ONNX Runtime's process-wide thread pool (about 10%
+    faster speculation on a 2-core CPU); every later session of the process then shares it.
+    """
     from ..export.bundles import bundle_path
     drafting = draft not in (None, "none")
     # Idle threads of one session's pool spin on the cores the other session needs next:
     # with a draft model, both pools sleep when idle (ORT's process-wide pool would avoid
     # this, but once it exists every session of the process must use it).
-    options = SessionOptions(provider=provider, threads=threads, max_context=max_context, spin=not drafting)
+    options = SessionOptions(provider=provider, threads=threads, max_context=max_context,
+                             spin=shared_pool or not drafting, shared_pool=shared_pool and drafting)
     target_session = Session(bundle_path(target), options)
     draft_session = None
     if drafting:

@@ -7,6 +7,7 @@ grows with the context, and rolling back is an offset change.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,6 +61,24 @@ class SessionOptions:
     threads: int | None = None  # intra-op threads; None = physical cores
     max_context: int | None = None  # KV rows to preallocate; None = the manifest's
     spin: bool = True  # let idle intra-op threads spin (fast for one session; off when two share cores)
+    # Run on ONNX Runtime's process-wide pool, shared by all sessions: draft and target then
+    # spin on one set of threads instead of fighting over the cores. Once that pool exists,
+    # every later session of the process must use it, so only apps that own the process opt in.
+    shared_pool: bool = False
+
+
+_GLOBAL_POOL: list[int] = []  # thread count of the process-wide pool, once created
+
+
+def _use_global_pool(threads: int) -> int:
+    """Create the process-wide intra-op pool once; return its thread count."""
+    if not _GLOBAL_POOL:
+        ort.set_global_thread_pool_sizes(threads, 1)
+        _GLOBAL_POOL.append(threads)
+    elif _GLOBAL_POOL[0] != threads:
+        warnings.warn(f"this process already runs on a shared {_GLOBAL_POOL[0]}-thread pool; "
+                      f"using it instead of {threads} threads", stacklevel=3)
+    return _GLOBAL_POOL[0]
 
 
 def physical_cores() -> int:
@@ -79,10 +98,14 @@ class Session:
         from ..devices.providers import session_providers
         so = ort.SessionOptions()
         threads = options.threads or physical_cores()
-        so.intra_op_num_threads = threads
-        so.inter_op_num_threads = 1
+        if options.shared_pool or _GLOBAL_POOL:
+            threads = _use_global_pool(threads)
+            so.use_per_session_threads = False
+        else:
+            so.intra_op_num_threads = threads
+            so.inter_op_num_threads = 1
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if not options.spin:
+        if not options.spin and not _GLOBAL_POOL:
             # Idle pool threads of one session would spin on the cores the other session
             # (draft vs target) needs: sleep instead.
             so.add_session_config_entry("session.intra_op.allow_spinning", "0")

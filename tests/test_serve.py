@@ -261,3 +261,17 @@ def test_queue_then_429_and_disconnect_frees_the_model(slow_server):
     after = slow_server.health("slow")
     assert after["served"] == before["served"] + 2 and after["cancelled"] == before["cancelled"] + 1
     assert after["queued"] == 0
+
+
+def test_server_answer_equals_edgespec_run(server, tiny_bundle, tiny_draft_bundle):
+    """The same single-turn question through `edgespec run` and the server gives the same text."""
+    from click.testing import CliRunner
+    from edgespec.apps import run_cmd  # noqa: F401
+    from edgespec.apps.cli import cli
+    question = MESSAGES[-1]["content"]
+    r = CliRunner().invoke(cli, ["run", question, "--target", str(tiny_bundle), "--draft", str(tiny_draft_bundle),
+                                 "--max-tokens", "40"])
+    assert r.exit_code == 0, r.output
+    served = server.client().chat.completions.create(
+        model=tiny_bundle.name, messages=[{"role": "user", "content": question}], temperature=0, max_tokens=40)
+    assert served.choices[0].message.content and served.choices[0].message.content + "\n" in r.stdout
