@@ -211,16 +211,45 @@ def _mixed(gen, params):
 
 @register("auto")
 def _auto(gen, params):
-    """Lookup branches (free when they copy the prompt) merged with the draft model's chain.
+    """Prompt lookup when the context repeats itself, else the draft model (if any).
 
-    Without a draft model: lookup alone. Token recycling is left out: on a CPU
-    its extra tree nodes cost more verify time than they return.
+    Measured on a 2-core CPU: lookup alone doubles decode speed on edits, where
+    output copies the input, but guesses wrong on fresh text; the draft model
+    pays a little on fresh text and costs time on edits, where lookup already
+    drafts long chains. So each pass takes lookup's proposal when it has one and
+    asks the model only when it does not.
     """
-    if gen.draft is None:
-        return _ngram(gen, params)
-    return MixedDrafter([_ngram(gen, params), _model(gen, params)])
+    members = [_ngram(gen, params)]
+    if gen.draft is not None:
+        members.append(_model(gen, params))
+    return FallbackDrafter(members)
 
 
+class FallbackDrafter:
+    """The first member with a non-empty proposal drafts this pass, and learns how it fared."""
+
+    name = "fallback"
+
+    def __init__(self, members: list):
+        self.members = members
+        self.chosen = None
+
+    def propose(self, context, budget):
+        for member in self.members:
+            tree = member.propose(context, budget)
+            if len(tree) > 1:
+                self.chosen = member
+                return tree
+        self.chosen = self.members[-1]
+        return tree
+
+    def observe(self, verdict, tree=None, logits=None):
+        if self.chosen is not None:
+            self.chosen.observe(verdict, tree, logits)
+
+    def reset(self):
+        for member in self.members:
+            member.reset()
 class MixedDrafter:
     """Several drafters' trees merged under one node budget, verified in one pass.
 
