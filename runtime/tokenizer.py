@@ -38,6 +38,9 @@ class BundleTokenizer:
         eos = self._special("eos_token")
         return self._tok.token_to_id(eos) if eos else None
 
+    def convert_tokens_to_ids(self, token: str) -> int | None:
+        return self._tok.token_to_id(token)
+
     def get_vocab(self) -> dict[str, int]:
         return self._tok.get_vocab(with_added_tokens=True)
 

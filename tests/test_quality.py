@@ -72,7 +72,7 @@ def test_missing_source_asks_for_reference(tiny_bundle, tmp_path):
     bundle = tmp_path / "bundle"
     shutil.copytree(tiny_bundle, bundle)
     manifest = json.loads((bundle / "edgespec.json").read_text())
-    manifest["source"]["name"] = str(tmp_path / "gone")
+    manifest["source"]["name"] = manifest["source"]["path"] = str(tmp_path / "gone")
     (bundle / "edgespec.json").write_text(json.dumps(manifest))
     with pytest.raises(EdgespecError, match="--reference"):
         quality_report(bundle, windows=1, window_len=16)
