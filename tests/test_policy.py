@@ -46,3 +46,23 @@ def test_heuristic_schedule():
     assert d.k == 4
     d.update(1, 4)
     assert d.k == 3
+
+
+def test_auto_leaves_out_a_draft_model_the_profile_says_is_too_slow(tiny_bundle, tiny_draft_bundle, monkeypatch):
+    from edgespec.devices import profile as prof
+    from edgespec.runtime import drafters
+    from edgespec.runtime.api import Generator
+    from edgespec.runtime.sampling import SamplingParams
+    from edgespec.runtime.session import Session
+    gen = Generator(Session(tiny_bundle), Session(tiny_draft_bundle), drafter="auto")
+
+    def fake(cost_of_draft):
+        def cached(session):
+            ms = {1: 40.0, 2: 44.0} if session is gen.target else cost_of_draft
+            return prof.Profile(str(session.path), "cpu", 2, 128, ms)
+        return cached
+
+    monkeypatch.setattr(prof, "cached", fake({1: 14.0, 2: 16.0}))  # 0.35 of a target step
+    assert len(drafters.create("auto", gen, SamplingParams()).members) == 1
+    monkeypatch.setattr(prof, "cached", fake({1: 4.0, 2: 5.0}))  # 0.1 of a target step
+    assert len(drafters.create("auto", gen, SamplingParams()).members) == 2
