@@ -103,6 +103,11 @@ class Trial:
     def acceptance_rate(self) -> float:
         return self.accepted / self.proposed if self.proposed else 0.0
 
+    @property
+    def drafted_per_pass(self) -> float:
+        """The draft size the drafter chose, on average (tree nodes beyond the root)."""
+        return self.proposed / self.target_passes if self.target_passes else 0.0
+
     def split(self) -> dict:
         """Fractions of decode time spent drafting, verifying, and elsewhere."""
         if self.decode_seconds <= 0:
@@ -115,7 +120,8 @@ class Trial:
         return {"new_tokens": len(self.token_ids), "prefill_seconds": self.prefill_seconds,
                 "decode_seconds": self.decode_seconds, "decode_tok_s": self.decode_tok_s,
                 "prefill_tok_s": self.prefill_tok_s, "tokens_per_pass": self.tokens_per_pass,
-                "acceptance_rate": self.acceptance_rate, "proposed": self.proposed,
+                "acceptance_rate": self.acceptance_rate, "drafted_per_pass": self.drafted_per_pass,
+                "proposed": self.proposed,
                 "accepted": self.accepted, "target_passes": self.target_passes, "split": self.split()}
 
 
@@ -407,6 +413,7 @@ def _aggregate(trials: list[Trial]) -> dict:
         "prefill_tok_s": med(lambda t: t.prefill_tok_s),
         "acceptance_rate": med(lambda t: t.acceptance_rate),
         "tokens_per_pass": med(lambda t: t.tokens_per_pass),
+        "drafted_per_pass": med(lambda t: t.drafted_per_pass),
         "split": split,
         "new_tokens": len(trials[-1].token_ids),
         "token_ids": trials[-1].token_ids,
@@ -458,6 +465,7 @@ def _categories(rows: list[dict], modes: list[str]) -> dict:
                 "prefill_tok_s": _median(r["prefill_tok_s"] for r in rs),
                 "acceptance_rate": _median(r["acceptance_rate"] for r in rs),
                 "tokens_per_pass": _median(r["tokens_per_pass"] for r in rs),
+                "drafted_per_pass": _median(r.get("drafted_per_pass", 0.0) for r in rs),
                 "ratio_vs_genai": _median(r["ratio_vs_genai"] for r in rs),
                 "matches_plain": f"{sum(matches)}/{len(matches)}" if matches else None,
                 "split": {k: _median(r["split"][k] for r in rs) for k in ("draft", "verify", "overhead")},

@@ -78,7 +78,7 @@ def print_table(result: dict) -> None:
                         f"{meta['max_tokens']} new tokens, median of {meta['repeats']}")
     for name, justify in [("category", "left"), ("mode", "left"), ("decode tok/s", "right"),
                           (f"x {meta['anchor']}", "right"), ("prefill tok/s", "right"),
-                          ("tok/pass", "right"), ("accept", "right"), ("draft/verify/other", "right"),
+                          ("drafted/pass", "right"), ("tok/pass", "right"), ("accept", "right"), ("draft/verify/other", "right"),
                           ("= plain", "right")]:
         table.add_column(name, justify=justify)
     for cat, modes in result["categories"].items():
@@ -86,10 +86,11 @@ def print_table(result: dict) -> None:
             split = r["split"]
             table.add_row(cat if i == 0 else "", mode, _fmt(r["decode_tok_s"], ".1f"),
                           _fmt(r["ratio_vs_genai"], ".2f"), _fmt(r["prefill_tok_s"], ".0f"),
-                          _fmt(r["tokens_per_pass"], ".2f"), _fmt(r["acceptance_rate"], ".0%"),
+                          _fmt(r.get("drafted_per_pass"), ".1f"), _fmt(r["tokens_per_pass"], ".2f"),
+                          _fmt(r["acceptance_rate"], ".0%"),
                           "/".join(_fmt(split[k], ".0%") for k in ("draft", "verify", "overhead")),
                           r["matches_plain"] or "-", end_section=i == len(modes) - 1)
-    console = Console(width=max(Console().width, 120))
+    console = Console(width=max(Console().width, 150))
     console.print(table)
     for mode, reason in result["unsupported"].items():
         console.print(f"{mode}: not run ({reason})")

@@ -73,6 +73,8 @@ def test_suite_runs_every_mode_on_the_same_prompt(suite_result):
     for cat in ("completion", "edit", "explain", "all"):
         assert set(suite_result["categories"][cat]) == set(MODES)
     assert suite_result["peak_rss_mb"] > 0
+    sizes = suite_result["categories"]["all"]
+    assert sizes["plain"]["drafted_per_pass"] == 0 and sizes["chain"]["drafted_per_pass"] > 0  # chosen sizes
 
 
 def test_ratios_are_against_genai(suite_result):
