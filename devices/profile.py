@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 SIZES = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
+QUICK_SIZES = (1, 2, 3, 4, 6, 8)  # enough to size chains; measured on first use
 
 
 @dataclass
@@ -78,11 +79,14 @@ def measure(session, sizes=SIZES, context: int = 128, repeats: int = 5, progress
     return Profile(str(session.path), session.providers[0], session.threads, context, result)
 
 
-def load_or_measure(session, remeasure: bool = False, progress=None) -> Profile:
+def load_or_measure(session, remeasure: bool = False, progress=None, sizes=SIZES) -> Profile:
+    """The cached profile if it covers `sizes`, else a fresh measurement (then cached)."""
     path = profile_path(session)
     if path.is_file() and not remeasure:
-        return Profile.from_json(path.read_text())
-    profile = measure(session, progress=progress)
+        profile = Profile.from_json(path.read_text())
+        if set(sizes) <= set(profile.pass_ms) or max(profile.pass_ms) + profile.context >= session.max_len:
+            return profile
+    profile = measure(session, sizes=sizes, progress=progress)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(profile.to_json())
     return profile

@@ -234,12 +234,12 @@ def _draft_model_may_pay(gen) -> bool:
 
     On a 2-core CPU the 0.5B draft costs 0.34 of a 1.5B step (14.2 vs 41.8 ms) and
     its chains measured 0.94-1.00x of plain decoding, so `auto` leaves it out there.
-    Without profiles (`edgespec devices --profile`) the model is kept.
+    Profiles missing from the cache are measured here once (a few seconds: passes
+    of 1-8 tokens) and cached, as `edgespec devices --profile` would.
     """
-    from ..devices.profile import cached
-    target, draft = cached(gen.target), cached(gen.draft)
-    if target is None or draft is None:
-        return True
+    from ..devices.profile import QUICK_SIZES, load_or_measure
+    target = load_or_measure(gen.target, sizes=QUICK_SIZES)
+    draft = load_or_measure(gen.draft, sizes=QUICK_SIZES)
     return draft.cost(1) <= MAX_DRAFT_COST * target.cost(1)
 
 

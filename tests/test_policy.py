@@ -57,12 +57,22 @@ def test_auto_leaves_out_a_draft_model_the_profile_says_is_too_slow(tiny_bundle,
     gen = Generator(Session(tiny_bundle), Session(tiny_draft_bundle), drafter="auto")
 
     def fake(cost_of_draft):
-        def cached(session):
+        def load_or_measure(session, **kwargs):
             ms = {1: 40.0, 2: 44.0} if session is gen.target else cost_of_draft
             return prof.Profile(str(session.path), "cpu", 2, 128, ms)
-        return cached
+        return load_or_measure
 
-    monkeypatch.setattr(prof, "cached", fake({1: 14.0, 2: 16.0}))  # 0.35 of a target step
+    monkeypatch.setattr(prof, "load_or_measure", fake({1: 14.0, 2: 16.0}))  # 0.35 of a target step
     assert len(drafters.create("auto", gen, SamplingParams()).members) == 1
-    monkeypatch.setattr(prof, "cached", fake({1: 4.0, 2: 5.0}))  # 0.1 of a target step
+    monkeypatch.setattr(prof, "load_or_measure", fake({1: 4.0, 2: 5.0}))  # 0.1 of a target step
     assert len(drafters.create("auto", gen, SamplingParams()).members) == 2
+
+
+def test_profile_is_measured_once_and_cached(tiny_bundle):
+    from edgespec.devices.profile import QUICK_SIZES, cached, load_or_measure
+    from edgespec.runtime.session import Session
+    s = Session(tiny_bundle)
+    first = load_or_measure(s, sizes=QUICK_SIZES)
+    assert sorted(first.pass_ms) == list(QUICK_SIZES) and all(v > 0 for v in first.pass_ms.values())
+    assert cached(s).pass_ms == first.pass_ms
+    assert load_or_measure(s, sizes=QUICK_SIZES).pass_ms == first.pass_ms  # not measured again
