@@ -71,7 +71,7 @@ def _greedy(gen, **kw):
 @pytest.mark.parametrize("tree", [False, True])
 def test_speculative_greedy_equals_plain(target, draft, tree):
     plain = _greedy(Generator(target))
-    spec = _greedy(Generator(target, draft, tree=tree))
+    spec = _greedy(Generator(target, draft, tree=tree, drafter="model"))
     assert spec.token_ids == plain.token_ids
     assert spec.text == plain.text
     st = spec.stats
@@ -80,7 +80,7 @@ def test_speculative_greedy_equals_plain(target, draft, tree):
 
 
 def test_self_draft_accepts_everything(target, self_draft):
-    spec = _greedy(Generator(target, self_draft, tree=False))
+    spec = _greedy(Generator(target, self_draft, tree=False, drafter="model"))
     assert spec.stats.acceptance_rate == 1.0
     assert spec.token_ids == _greedy(Generator(target)).token_ids
 
