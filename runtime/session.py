@@ -73,7 +73,11 @@ _GLOBAL_POOL: list[int] = []  # thread count of the process-wide pool, once crea
 def _use_global_pool(threads: int) -> int:
     """Create the process-wide intra-op pool once; return its thread count."""
     if not _GLOBAL_POOL:
-        ort.set_global_thread_pool_sizes(threads, 1)
+        try:
+            ort.set_global_thread_pool_sizes(threads, 1)
+        except Exception as e:  # noqa: BLE001  (the embedding app created the pool already: use it)
+            if "already" not in str(e):
+                raise
         _GLOBAL_POOL.append(threads)
     elif _GLOBAL_POOL[0] != threads:
         warnings.warn(f"this process already runs on a shared {_GLOBAL_POOL[0]}-thread pool; "
