@@ -14,24 +14,13 @@ PARITY_PROMPTS = (
 
 
 def torch_logits(hf_dir: Path, token_lists: list[list[int]]) -> list[np.ndarray]:
-    import torch
-    from transformers import AutoModelForCausalLM
-    model = AutoModelForCausalLM.from_pretrained(str(hf_dir), dtype=torch.float32).eval()
-    out = []
-    with torch.no_grad():
-        for ids in token_lists:
-            out.append(model(torch.tensor([ids])).logits[0].float().numpy())  # [S, vocab]
-    del model
-    return out
+    from ..quant.quality import TorchModel
+    model = TorchModel(hf_dir)
+    return [model.logits(ids) for ids in token_lists]  # each [S, vocab]
 
 
 def bundle_logits(session, token_lists: list[list[int]]) -> list[np.ndarray]:
-    out = []
-    for ids in token_lists:
-        session.reset()
-        out.append(session.forward(ids).copy())  # [S, vocab]
-    session.reset()
-    return out
+    return [session.score(ids) for ids in token_lists]  # each [S, vocab]
 
 
 def compare(reference: list[np.ndarray], candidate: list[np.ndarray]) -> dict:

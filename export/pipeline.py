@@ -18,11 +18,12 @@ from pathlib import Path
 from tqdm import tqdm
 
 from .. import __version__
+from ..quant.quality import bundle_bytes
 from ..quant.recipes import Recipe
 from . import sources
 from .builder import build_graph
 from .errors import EdgespecError
-from .manifest import MANIFEST_NAME, Manifest
+from .manifest import Manifest
 from .parity import parity_report
 from .tokenizer_files import copy_tokenizer, stop_token_ids, tokenizer_sha256
 from .tree_attention import rewrite_file
@@ -100,8 +101,7 @@ def export(source: str, out: str | Path, options: ExportOptions | None = None) -
         bar.update()
         bar.set_postfix_str(stages[5])
         manifest.sizes = {
-            "bundle_bytes": sum(f.stat().st_size for f in bundle.iterdir()
-                                if f.name.startswith("model.onnx")),
+            "bundle_bytes": bundle_bytes(bundle, manifest),
             "source_gguf_bytes": resolved.gguf_path.stat().st_size if resolved.gguf_path else None,
             "export_seconds": round(time.time() - started, 1),
         }

@@ -44,10 +44,7 @@ class BundleModel:
         self.max_len = self.session.max_len
 
     def logits(self, ids: list[int]) -> np.ndarray:
-        self.session.reset()
-        out = self.session.forward(ids).copy()  # [S, vocab]
-        self.session.reset()
-        return out
+        return self.session.score(ids)  # [S, vocab]
 
     def describe(self) -> dict:
         return {"kind": self.kind, "path": str(self.path), "recipe": self.manifest.quant}

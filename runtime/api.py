@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -174,7 +174,9 @@ class Generator:
         timing = Timing()
         drafter = self._drafter(params)
         detok = Detokenizer(self.tokenizer)
-        text_so_far, held = "", ""
+        # A stop string may begin in text already emitted: keep just enough of it to see one.
+        tail_len = max((len(s) for s in stops), default=1) - 1
+        emitted_tail, held = "", ""
         steps = decode_steps(self.target, ids, params, drafter, self.budget,
                              np.random.default_rng(seed), timing, reuse_cache=self.reuse_cache)
         t_start = time.perf_counter()
@@ -193,14 +195,14 @@ class Generator:
                 done = finish == "stop" or stats.new_tokens >= max_tokens
                 if done:
                     piece += detok.flush()
-                text, cut = _apply_stops(held + piece, stops, text_so_far)
+                text, cut = _apply_stops(held + piece, stops, emitted_tail)
                 if cut:
                     finish, done = "stop", True
                     held = ""
                 else:  # hold back a tail that may be the start of a stop string
                     keep = _stop_prefix_len(text, stops) if not done else 0
                     text, held = text[:len(text) - keep], text[len(text) - keep:]
-                text_so_far += text
+                emitted_tail = (emitted_tail + text)[-tail_len:] if tail_len else ""
                 if text or tokens:
                     yield Chunk(text, tokens, flags)
                 if done:

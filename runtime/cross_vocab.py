@@ -47,7 +47,7 @@ Efficiency: the draft ids are kept as ids of a stable prefix of the text plus
 a re-tokenized tail (between `window` and 2 * `window` target tokens); the
 prefix grows by whole windows at clean boundaries, so each step encodes a few
 dozen tokens' text, and the draft cache is rewound to the longest prefix it
-shares with the new ids and fed only the difference (as ModelDrafter._sync).
+shares with the new ids and fed only the difference (Session.sync).
 """
 
 from __future__ import annotations
@@ -84,7 +84,6 @@ class CrossVocabDrafter:
 
     def reset(self) -> None:
         self.session.reset()
-        self.cached: list[int] = []  # draft ids whose KV is in the draft cache
         self._stable: list[int] = []  # target tokens context[:a] whose text is encoded in _stable_ids
         self._stable_ids: list[int] = []  # draft ids of decode(_stable)
 
@@ -137,16 +136,6 @@ class CrossVocabDrafter:
 
     # -- drafting --------------------------------------------------------------
 
-    def _sync(self, ids: list[int]) -> np.ndarray:
-        """Bring the draft cache to `ids`; return the draft logits after them [V]."""
-        limit = min(len(self.cached), len(ids) - 1)  # always re-feed at least the last id
-        n = limit
-        if self.cached[:limit] != ids[:limit]:
-            n = next(i for i in range(limit) if self.cached[i] != ids[i])
-        self.session.cache.rewind(self.session.cache.length - n)
-        self.cached = list(ids)
-        return self.session.prefill(ids[n:])
-
     def propose(self, context: Sequence[int], budget: int) -> DraftTree:
         tree = DraftTree(context[-1])
         self._drafted = 0
@@ -157,7 +146,7 @@ class CrossVocabDrafter:
         steps = min(self.length.k, self.max_draft, budget) + 1
         if not ids or len(ids) + steps > self.session.max_len:
             return tree
-        logits = self._sync(ids)  # [V]
+        logits = self.session.sync(ids)  # [V] draft logits after the context
         out: list[int] = []
         for d in range(steps):
             z = np.exp(logits - logits.max(), dtype=np.float64)  # [V]
@@ -168,7 +157,7 @@ class CrossVocabDrafter:
             if d + 1 == steps:
                 break
             logits = self.session.forward([best])[-1]
-            self.cached.append(best)
+            self.session.history.append(best)
         # Decode the drafted ids after a few context ids, so spaces and characters that depend
         # on the previous token come out right; cut an incomplete character at the end.
         lead = ids[-4:]

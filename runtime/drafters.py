@@ -84,22 +84,10 @@ class ModelDrafter:
         self.branch_width = branch_width
         self.branch_min_prob = branch_min_prob
         self.rng = rng or np.random.default_rng(params.seed)
-        self.cached: list[int] = []  # tokens whose KV is in the draft cache
         self._depth = 0
 
     def reset(self) -> None:
         self.session.reset()
-        self.cached = []
-
-    def _sync(self, context: Sequence[int]) -> np.ndarray:
-        """Bring the draft cache to `context`; return the draft logits after it [V]."""
-        limit = min(len(self.cached), len(context) - 1)  # always re-feed at least the last token
-        n = limit
-        if self.cached[:limit] != list(context[:limit]):  # usual case: the cache is a prefix
-            n = next(i for i in range(limit) if self.cached[i] != context[i])
-        self.session.cache.rewind(self.session.cache.length - n)
-        self.cached = list(context)
-        return self.session.prefill(context[n:])
 
     def propose(self, context: Sequence[int], budget: int) -> DraftTree:
         tree = DraftTree(context[-1])
@@ -107,7 +95,7 @@ class ModelDrafter:
         if depth <= 0:
             self._depth = 0
             return tree
-        logits = self._sync(context)
+        logits = self.session.sync(context)  # [V] draft logits after the context
         node, used = 0, 0
         deterministic = self.params.greedy or self.tree
         width = 1 + (self.branch_width if self.tree else 0)
@@ -138,7 +126,7 @@ class ModelDrafter:
             if d + 1 == depth or used >= budget:
                 break
             logits = self.session.forward([token])[-1]
-            self.cached.append(token)
+            self.session.history.append(token)
         self._depth = tree.depths().max() if len(tree) > 1 else 0
         return tree
 

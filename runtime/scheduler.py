@@ -8,7 +8,7 @@ the same loop with no drafter: every tree is just the root.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -36,7 +36,6 @@ class Timing:
     passes: int = 0
     proposed: int = 0
     accepted: int = 0
-    tree_sizes: list[int] = field(default_factory=list)
 
 
 def decode_steps(target: Session, prompt: Sequence[int], params: SamplingParams,
@@ -87,7 +86,6 @@ def decode_steps(target: Session, prompt: Sequence[int], params: SamplingParams,
         timing.passes += 1
         timing.proposed += verdict.proposed
         timing.accepted += verdict.num_accepted
-        timing.tree_sizes.append(len(tree))
         tokens = verdict.tokens[: target.max_len - len(context)]
         context.extend(tokens)
         target.history = context[:-1]

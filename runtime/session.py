@@ -187,6 +187,23 @@ class Session:
         self.cache.length = 0
         self.history = []
 
+    def score(self, tokens) -> np.ndarray:
+        """Logits [S, vocab] of `tokens` as a fresh sequence, leaving the cache empty
+        (parity and quality checks)."""
+        self.reset()
+        logits = self.forward(tokens).copy()
+        self.reset()
+        return logits
+
+    def sync(self, tokens) -> np.ndarray:
+        """Bring the cache to `tokens`: keep the shared prefix, feed the rest (at least the last
+        token); return the logits after them [vocab]. Drafters follow the context this way."""
+        tokens = list(tokens)
+        n = self.reuse_prefix(tokens)
+        logits = self.prefill(tokens[n:])
+        self.history = tokens
+        return logits
+
     def reuse_prefix(self, tokens) -> int:
         """Keep the cached rows that match the start of `tokens` (at most all but the last);
         return how many. A conversation's next turn then prefills only what is new."""

@@ -7,10 +7,11 @@ import pytest
 from transformers import AutoTokenizer
 
 from edgespec.runtime.cross_vocab import CrossVocabDrafter, make_cross_vocab
-from edgespec.runtime.sampling import SamplingParams, probabilities
+from edgespec.runtime.sampling import SamplingParams
 from edgespec.runtime.scheduler import Timing, decode_steps
 from edgespec.runtime.session import Session
 
+from exactness import chi_square_pvalue, exact_distribution
 from tiny_models import make_hf_model, training_text
 
 PROMPT = "def add(a, b):\n    return"
@@ -166,41 +167,6 @@ def test_long_context_keeps_a_stable_prefix(target, target_tok, drafter):
 
 # -- sampling exactness ------------------------------------------------------------------------
 
-def _exact_distribution(target, params, n_tokens, prompt):
-    """Enumerate the target's distribution over its first n tokens (top-k keeps this small)."""
-    dist = {(): 1.0}
-    for _ in range(n_tokens):
-        nxt = {}
-        for seq, p in dist.items():
-            target.reset()
-            probs = probabilities(target.forward(prompt + list(seq))[-1], params)
-            for t in np.flatnonzero(probs > 0):
-                nxt[seq + (int(t),)] = p * probs[t]
-        dist = nxt
-    return dist
-
-
-def _chi_square_pvalue(counts, dist, runs):
-    """Pearson chi-square, cells with expectation < 5 pooled; Wilson-Hilferty p-value."""
-    from math import erf, sqrt
-    if any(k not in dist for k in counts):
-        return 0.0  # a sequence the target can never produce
-    obs, exp, pooled_o, pooled_e = [], [], 0, 0.0
-    for k, p in dist.items():
-        e = p * runs
-        if e < 5:
-            pooled_o += counts.get(k, 0)
-            pooled_e += e
-        else:
-            obs.append(counts.get(k, 0))
-            exp.append(e)
-    if pooled_e > 0:
-        obs.append(pooled_o)
-        exp.append(pooled_e)
-    stat = sum((o - e) ** 2 / e for o, e in zip(obs, exp))
-    df = len(obs) - 1
-    z = ((stat / df) ** (1 / 3) - (1 - 2 / (9 * df))) / sqrt(2 / (9 * df))
-    return 0.5 * (1 - erf(z / sqrt(2)))
 
 
 def test_sampling_is_exact(target, target_tok, drafter):
@@ -212,10 +178,10 @@ def test_sampling_is_exact(target, target_tok, drafter):
     for _ in range(runs):
         key = tuple(_run(target, prompt, params, drafter, 3, rng=rng, timing=timing, reset=False))
         counts[key] = counts.get(key, 0) + 1
-    dist = _exact_distribution(target, params, 3, prompt)
+    dist = exact_distribution(target, params, 3, prompt)
     tv = 0.5 * sum(abs(counts.get(k, 0) / runs - dist.get(k, 0.0)) for k in set(dist) | set(counts))
     assert timing.accepted > 0
-    assert _chi_square_pvalue(counts, dist, runs) > 1e-3
+    assert chi_square_pvalue(counts, dist, runs) > 1e-3
     assert tv < 0.11
     drafter.reset()
 

@@ -9,10 +9,11 @@ from click.testing import CliRunner
 from edgespec.export.errors import EdgespecError
 from edgespec.runtime.api import Generator
 from edgespec.runtime.drafters import ModelDrafter
-from edgespec.runtime.sampling import SamplingParams, probabilities
+from edgespec.runtime.sampling import SamplingParams
 from edgespec.runtime.scheduler import decode_steps
 from edgespec.runtime.session import Session, SessionOptions
 from edgespec.runtime.tree import DraftTree
+from exactness import chi_square_pvalue, exact_distribution
 
 PROMPT = "def add(a, b):\n    return"
 
@@ -111,8 +112,8 @@ def test_model_free_and_composed_sampling_is_exact(target, draft, name):
             if len(out) >= 3:
                 break
         counts[tuple(out[:3])] = counts.get(tuple(out[:3]), 0) + 1
-    dist = _exact_distribution(target, params, 3, prompt)
-    assert _chi_square_pvalue(counts, dist, runs) > 1e-3
+    dist = exact_distribution(target, params, 3, prompt)
+    assert chi_square_pvalue(counts, dist, runs) > 1e-3
 
 
 def _first_tokens(target, draft, params, n_tokens, tree, runs, seed):
@@ -131,42 +132,6 @@ def _first_tokens(target, draft, params, n_tokens, tree, runs, seed):
     return counts
 
 
-def _exact_distribution(target, params, n_tokens, prompt=(5, 17, 33, 2, 99)):
-    """Enumerate the target's distribution over its first n tokens (top-k keeps this small)."""
-    prompt = list(prompt)
-    dist = {(): 1.0}
-    for _ in range(n_tokens):
-        nxt = {}
-        for seq, p in dist.items():
-            target.reset()
-            probs = probabilities(target.forward(prompt + list(seq))[-1], params)
-            for t in np.flatnonzero(probs > 0):
-                nxt[seq + (int(t),)] = p * probs[t]
-        dist = nxt
-    return dist
-
-
-def _chi_square_pvalue(counts, dist, runs):
-    """Pearson chi-square, cells with expectation < 5 pooled; Wilson-Hilferty p-value."""
-    from math import erf, sqrt
-    if any(k not in dist for k in counts):
-        return 0.0  # a sequence the target can never produce
-    obs, exp, pooled_o, pooled_e = [], [], 0, 0.0
-    for k, p in dist.items():
-        e = p * runs
-        if e < 5:
-            pooled_o += counts.get(k, 0)
-            pooled_e += e
-        else:
-            obs.append(counts.get(k, 0))
-            exp.append(e)
-    if pooled_e > 0:
-        obs.append(pooled_o)
-        exp.append(pooled_e)
-    stat = sum((o - e) ** 2 / e for o, e in zip(obs, exp))
-    df = len(obs) - 1
-    z = ((stat / df) ** (1 / 3) - (1 - 2 / (9 * df))) / sqrt(2 / (9 * df))
-    return 0.5 * (1 - erf(z / sqrt(2)))
 
 
 @pytest.mark.parametrize("mode", ["plain", "chain", "tree"])
@@ -177,9 +142,9 @@ def test_sampling_is_exact(target, draft, mode):
     params = SamplingParams(temperature=0.9, top_k=4)
     runs = 3000
     counts = _first_tokens(target, None if mode == "plain" else draft, params, 3, mode == "tree", runs, 11)
-    dist = _exact_distribution(target, params, 3)
+    dist = exact_distribution(target, params, 3)
     tv = 0.5 * sum(abs(counts.get(k, 0) / runs - dist.get(k, 0.0)) for k in set(dist) | set(counts))
-    assert _chi_square_pvalue(counts, dist, runs) > 1e-3
+    assert chi_square_pvalue(counts, dist, runs) > 1e-3
     assert tv < 0.10
 
 
@@ -187,8 +152,8 @@ def test_sampling_test_has_power(target):
     """The same check rejects a sampler that is slightly off (temperature 1.2 instead of 0.9)."""
     runs = 3000
     counts = _first_tokens(target, None, SamplingParams(temperature=1.2, top_k=4), 3, False, runs, 11)
-    dist = _exact_distribution(target, SamplingParams(temperature=0.9, top_k=4), 3)
-    assert _chi_square_pvalue(counts, dist, runs) < 1e-3
+    dist = exact_distribution(target, SamplingParams(temperature=0.9, top_k=4), 3)
+    assert chi_square_pvalue(counts, dist, runs) < 1e-3
 
 
 def test_stop_string_and_max_tokens(target):

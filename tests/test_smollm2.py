@@ -37,6 +37,16 @@ def first_divergence(a, b):
     return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), None)
 
 
+def greedy_pair(gen, model, prompt):
+    """Prompt ids, our greedy continuation, and transformers' greedy continuation of equal length."""
+    import torch
+    ids = gen.encode(prompt)
+    ours = gen.generate(prompt, max_tokens=N_TOKENS).token_ids
+    with torch.no_grad():
+        ref = model.generate(torch.tensor([ids]), max_new_tokens=len(ours), do_sample=False)[0, len(ids):]
+    return ids, ours, ref.tolist()
+
+
 def top2_margin(logits: np.ndarray) -> float:
     top = np.sort(logits)[-2:]
     return float(top[1] - top[0])
@@ -71,11 +81,8 @@ def test_fp32_greedy_equals_transformers(smol, tmp_path_factory):
     model = AutoModelForCausalLM.from_pretrained(str(hf), dtype=torch.float32).eval()
     gen = Generator(Session(out))
     for prompt in PROMPTS:
-        ids = gen.encode(prompt)
-        ours = gen.generate(prompt, max_tokens=N_TOKENS).token_ids
-        with torch.no_grad():
-            ref = model.generate(torch.tensor([ids]), max_new_tokens=len(ours), do_sample=False)[0, len(ids):]
-        assert ours == ref.tolist()
+        _, ours, ref = greedy_pair(gen, model, prompt)
+        assert ours == ref
 
 
 def test_int4_greedy_matches_transformers_up_to_near_ties(smol):
@@ -87,13 +94,11 @@ def test_int4_greedy_matches_transformers_up_to_near_ties(smol):
     model = AutoModelForCausalLM.from_pretrained(str(hf), dtype=torch.float32).eval()
     gen = Generator(Session(bundle))
     for prompt in PROMPTS:
-        ids = gen.encode(prompt)
-        ours = gen.generate(prompt, max_tokens=N_TOKENS).token_ids
+        ids, ours, ref = greedy_pair(gen, model, prompt)
+        n = first_divergence(ours, ref)
+        if n is None:
+            continue
         with torch.no_grad():
-            ref = model.generate(torch.tensor([ids]), max_new_tokens=len(ours), do_sample=False)[0, len(ids):].tolist()
-            n = first_divergence(ours, ref)
-            if n is None:
-                continue
             logits = model(torch.tensor([ids + ref[:n]])).logits[0, -1].numpy()
         margin = top2_margin(logits)
         print(f"diverges at token {n}: reference top-2 margin {margin:.3f}")
