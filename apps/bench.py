@@ -86,6 +86,7 @@ class Trial:
     target_passes: int = 0
     proposed: int = 0
     accepted: int = 0
+    choices: dict | None = None  # auto: passes per choice (lookup long/short, model, none)
 
     @property
     def decode_tok_s(self) -> float:
@@ -122,7 +123,8 @@ class Trial:
                 "prefill_tok_s": self.prefill_tok_s, "tokens_per_pass": self.tokens_per_pass,
                 "acceptance_rate": self.acceptance_rate, "drafted_per_pass": self.drafted_per_pass,
                 "proposed": self.proposed,
-                "accepted": self.accepted, "target_passes": self.target_passes, "split": self.split()}
+                "accepted": self.accepted, "target_passes": self.target_passes, "split": self.split(),
+                "choices": self.choices}
 
 
 # ----------------------------------------------------------------------------- runners
@@ -141,7 +143,7 @@ class EdgespecRunner:
             tokens.extend(chunk.token_ids)
         return Trial(tokens, stats.prompt_tokens, stats.prefill_seconds, stats.decode_seconds,
                      max(stats.new_tokens - 1, 0), stats.draft_seconds, stats.verify_seconds,
-                     stats.verify_passes, stats.proposed, stats.accepted)
+                     stats.verify_passes, stats.proposed, stats.accepted, stats.drafter_choices)
 
 
 class _Ids(list):
@@ -281,7 +283,8 @@ def _runners(modes, target_path: Path, draft_path: Path | None, threads: int, sh
         if which not in loaded:
             path = draft_path if which == "draft" else target_path
             loaded[which] = Session(path, SessionOptions(threads=threads, spin=shared_pool or which == "target",
-                                                         shared_pool=shared_pool))
+                                                         shared_pool=shared_pool),
+                                     head="draft" if which == "draft" else "full")
         return loaded[which]
 
     def genai(draft: bool):

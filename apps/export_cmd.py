@@ -18,17 +18,21 @@ from .cli import cli
 @click.option("--role", type=click.Choice(["target", "draft"]), default=None)
 @click.option("--layers", default=None, help="keep only these decoder layers, e.g. 0-19 or 0-13,21-27 "
               "(a shallow self-speculation draft of the same model)")
+@click.option("--draft-vocab", type=int, default=None,
+              help="also write a draft graph whose LM head keeps only the N most frequent tokens "
+              "(default for drafts with a large vocabulary: 32768; 0 = none)")
 @click.option("--force", is_flag=True, help="replace a non-empty output folder")
 @click.option("--no-parity", is_flag=True, help="skip the logits check against the source model")
 @click.option("--check", is_flag=True, help="also measure top-1 agreement and perplexity vs the source model")
-def export_command(source, output, quant, block_size, accuracy_level, max_context, role, layers, force,
-                   no_parity, check):
+def export_command(source, output, quant, block_size, accuracy_level, max_context, role, layers, draft_vocab,
+                   force, no_parity, check):
     """Export SOURCE (HF folder, .gguf file, or preset) to an ONNX bundle."""
     from ..export.pipeline import ExportOptions, export
     from ..quant.recipes import Recipe
     recipe = Recipe(quant, block_size=block_size, accuracy_level=accuracy_level)
     manifest = export(source, output, ExportOptions(recipe=recipe, max_context=max_context, role=role,
-                                                    force=force, parity=not no_parity, layers=layers))
+                                                    force=force, parity=not no_parity, layers=layers,
+                                                    draft_vocab=draft_vocab))
     p = manifest.parity
     if p:
         click.echo(f"parity vs source: max |logit diff| {p['max_abs_diff']:.4g}, "

@@ -28,9 +28,13 @@ class Profile:
     pass_ms: dict[int, float] = field(default_factory=dict)  # tokens per pass -> median ms
 
     def cost(self, s: int) -> float:
-        """ms for one pass over s tokens, interpolated linearly between measured sizes."""
+        """ms for one pass over s tokens, interpolated linearly between measured sizes
+        (and extrapolated along the last segment beyond them)."""
         xs = sorted(self.pass_ms)
-        return float(np.interp(s, xs, [self.pass_ms[x] for x in xs]))
+        ys = [self.pass_ms[x] for x in xs]
+        if s > xs[-1] and len(xs) > 1:
+            return float(ys[-1] + (s - xs[-1]) * (ys[-1] - ys[-2]) / (xs[-1] - xs[-2]))
+        return float(np.interp(s, xs, ys))
 
     def to_json(self) -> str:
         d = asdict(self)
@@ -46,7 +50,8 @@ class Profile:
 
 def profile_key(session) -> str:
     m = session.manifest
-    ident = json.dumps([m.source, m.quant, m.num_layers, session.providers[0], session.threads], sort_keys=True)
+    ident = json.dumps([m.source, m.quant, m.num_layers, session.providers[0], session.threads,
+                        session.model_file], sort_keys=True)
     return hashlib.sha256(ident.encode()).hexdigest()[:16]
 
 

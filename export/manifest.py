@@ -54,6 +54,9 @@ class Manifest:
     parity: dict = field(default_factory=dict)
     sizes: dict = field(default_factory=dict)
     layers_kept: list[int] | None = None
+    # A graph whose LM head covers only frequent tokens, for drafting (export/draft_vocab.py):
+    # {"model_file", "vocab_file", "size", "corpus", "corpus_sha256"}
+    draft_head: dict | None = None
     format_version: int = FORMAT_VERSION
 
     @classmethod

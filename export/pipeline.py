@@ -26,6 +26,8 @@ from .errors import EdgespecError
 from .manifest import Manifest
 from .parity import parity_report
 from .tokenizer_files import copy_tokenizer, stop_token_ids, tokenizer_sha256
+from . import last_logits
+from .draft_vocab import write_draft_head
 from .tree_attention import rewrite_file
 
 DEFAULT_MAX_CONTEXT = 4096
@@ -41,6 +43,10 @@ class ExportOptions:
     parity: bool = True
     threads: int | None = None
     layers: str | None = None  # keep only these decoder layers ("0-19"): a self-speculation draft
+    draft_vocab: int | None = None  # add a frequent-token draft head of this many rows (drafts: 32768)
+
+
+DEFAULT_DRAFT_VOCAB = 32768  # the 32k most frequent of the 152k Qwen tokens (measured: see draft_vocab.py)
 
 
 def check_output_dir(out: Path, force: bool) -> None:
@@ -81,6 +87,7 @@ def export(source: str, out: str | Path, options: ExportOptions | None = None) -
         bar.set_postfix_str(stages[2])
         shutil.copy2(bundle / "model.onnx", bundle / "model.genai.onnx")  # plain graph, same weights
         rewrite_file(bundle / "model.onnx")
+        last_logits.rewrite_file(bundle / "model.onnx")
         _point_genai_config(bundle / "genai_config.json", "model.genai.onnx")
         bar.update()
         bar.set_postfix_str(stages[3])
@@ -89,6 +96,11 @@ def export(source: str, out: str | Path, options: ExportOptions | None = None) -
         manifest.layers_kept = kept
         if kept is not None and options.role is None:
             manifest.role = "draft"
+        draft_vocab = options.draft_vocab
+        if draft_vocab is None and manifest.role == "draft" and manifest.vocab_size > 2 * DEFAULT_DRAFT_VOCAB:
+            draft_vocab = DEFAULT_DRAFT_VOCAB
+        if draft_vocab:
+            manifest.draft_head = write_draft_head(bundle, manifest, draft_vocab)
         bar.update()
         bar.set_postfix_str(stages[4])
         if options.parity:
@@ -152,6 +164,7 @@ def _manifest(resolved, bundle: Path, recipe: Recipe, options: ExportOptions, op
         eos_token_ids=stop_token_ids(bundle, tok),
         bos_token_id=tok.bos_token_id,
         genai_model_file="model.genai.onnx",
+        inputs={**Manifest.__dataclass_fields__["inputs"].default_factory(), "num_logits": last_logits.NUM_LOGITS},
     )
 
 

@@ -38,6 +38,7 @@ class Stats:
     proposed: int = 0
     accepted: int = 0
     drafter: str = "none"
+    drafter_choices: dict | None = None  # auto: passes drafted by lookup (long/short match) vs model
     finish_reason: str = ""
 
     @property
@@ -221,6 +222,8 @@ class Generator:
             stats.verify_passes = timing.passes
             stats.proposed = timing.proposed
             stats.accepted = timing.accepted
+            choices = getattr(drafter, "choices", None)
+            stats.drafter_choices = dict(choices) if choices else None
 
     def generate(self, prompt, **kwargs) -> Result:
         stats = Stats()
@@ -270,6 +273,8 @@ def load(target: str | Path, draft: str | Path | None = None, *, tree: bool = Tr
     target_session = Session(bundle_path(target), options)
     draft_session = None
     if drafting:
-        draft_session = Session(bundle_path(draft), options)
+        # A draft with a frequent-token head drafts through it; the cross-vocabulary drafter
+        # decodes the draft's own tokens to text, so it keeps the full head.
+        draft_session = Session(bundle_path(draft), options, head="full" if drafter == "cross" else "draft")
     return Generator(target_session, draft_session, tree=tree, budget=budget, drafter=drafter,
                      reuse_cache=reuse_cache)

@@ -13,7 +13,7 @@ import numpy as np
 
 from .sampling import SamplingParams, probabilities, sample
 from .session import Session
-from .policy import DraftLength
+from .policy import CostAwareLength, DraftLength
 from .tree import DraftTree
 from .verify import Verdict
 
@@ -52,8 +52,11 @@ def top_candidates(logits: np.ndarray, width: int, params: SamplingParams):
     """The `width` most likely tokens, best first, and their probabilities — without sorting
     or normalising the whole vocabulary (that alone costs milliseconds at 152k tokens)."""
     temperature = params.temperature if params.temperature > 0 else 1.0
-    top = np.argpartition(-logits, width)[:width] if width < logits.shape[-1] else np.arange(logits.shape[-1])
-    top = top[np.argsort(-logits[top])]  # [width]
+    if width == 1:
+        top = np.array([logits.argmax()])
+    else:
+        top = np.argpartition(-logits, width)[:width] if width < logits.shape[-1] else np.arange(logits.shape[-1])
+        top = top[np.argsort(-logits[top])]  # [width]
     scaled = logits / temperature if temperature != 1.0 else logits
     peak = scaled[top[0]]
     z = np.exp(scaled - peak, dtype=np.float32).sum()
@@ -85,6 +88,8 @@ class ModelDrafter:
         self.branch_min_prob = branch_min_prob
         self.rng = rng or np.random.default_rng(params.seed)
         self._depth = 0
+        self.ids = session.logit_ids  # logit column -> token id (a frequent-token draft head), or None
+        self.vocab_size = session.vocab_size
 
     def reset(self) -> None:
         self.session.reset()
@@ -102,9 +107,11 @@ class ModelDrafter:
         for d in range(depth):
             if deterministic:
                 order, probs = top_candidates(logits, width, self.params)  # [width], [width]
+                if self.ids is not None:
+                    order = self.ids[order]
                 confidence = float(probs[0])
             else:
-                p = probabilities(logits, self.params)  # [V] the proposal distribution q
+                p = probabilities(logits, self.params)  # [V'] the proposal distribution q
                 confidence = float(p.max())
             # Stop on the draft's confidence *before* drawing: a stop that looked at the drawn
             # token would change the proposal distribution q and bias sampled output.
@@ -114,6 +121,9 @@ class ModelDrafter:
                 token, q = int(order[0]), None
             else:
                 token, q = sample(p, self.rng), p
+                if self.ids is not None:  # q over the whole vocabulary: 0 for tokens the head lacks
+                    token, q = int(self.ids[token]), np.zeros(self.vocab_size, p.dtype)
+                    q[self.ids] = p
             child = tree.add(node, token, q)
             used += 1
             if self.tree:
@@ -199,63 +209,103 @@ def _mixed(gen, params):
 
 @register("auto")
 def _auto(gen, params):
-    """Prompt lookup when the context repeats itself, else the draft model (if any, and if
-    the device profile says a draft step is cheap enough to pay).
+    """Prompt lookup or the draft model, pass by pass, whichever promises more tokens per ms.
 
-    Measured on a 2-core CPU: lookup alone doubles decode speed on edits, where
-    output copies the input, but guesses wrong on fresh text; the draft model
-    pays a little on fresh text and costs time on edits, where lookup already
-    drafts long chains. So each pass takes lookup's proposal when it has one and
-    asks the model only when it does not.
+    Measured on a 2-core CPU: lookup doubles decode speed on edits, where output
+    copies the input, but guesses wrong on fresh text, where the draft model
+    pays; a tree holding both branches costs verify width that this CPU's
+    verify curve does not give away. So each pass picks one (see AutoDrafter).
     """
-    members = [_ngram(gen, params)]
-    if gen.draft is not None and _draft_model_may_pay(gen):
-        members.append(_model(gen, params))
-    return FallbackDrafter(members)
+    lookup = _ngram(gen, params)
+    model = _model(gen, params) if gen.draft is not None else None
+    verify_ms = None
+    if gen.use_profiles:
+        from ..devices.profile import QUICK_SIZES, load_or_measure
+        verify_ms = load_or_measure(gen.target, sizes=QUICK_SIZES).cost
+        if model is not None and not isinstance(model.length, CostAwareLength):
+            model.length = _measured_length(gen)
+    return AutoDrafter(lookup, model, verify_ms)
 
 
-MAX_DRAFT_COST = 0.2  # draft step / target step above which a model draft did not pay (measured)
-
-
-def _draft_model_may_pay(gen) -> bool:
-    """From the device profiles: is a draft step cheap enough against a target step?
-
-    On a 2-core CPU the 0.5B draft costs 0.34 of a 1.5B step (14.2 vs 41.8 ms) and
-    its chains measured 0.94-1.00x of plain decoding, so `auto` leaves it out there.
-    Profiles missing from the cache are measured here once (a few seconds: passes
-    of 1-8 tokens) and cached, as `edgespec devices --profile` would.
-    """
+def _measured_length(gen):
+    """Cost-aware draft length from device profiles, measured now if missing (passes of
+    1-8 tokens, a few seconds, cached as `edgespec devices --profile` would)."""
     from ..devices.profile import QUICK_SIZES, load_or_measure
     target = load_or_measure(gen.target, sizes=QUICK_SIZES)
     draft = load_or_measure(gen.draft, sizes=QUICK_SIZES)
-    return draft.cost(1) <= MAX_DRAFT_COST * target.cost(1)
+    return CostAwareLength(target.cost, draft.cost(1))
 
 
-class FallbackDrafter:
-    """The first member with a non-empty proposal drafts this pass, and learns how it fared."""
+class AutoDrafter:
+    """Lookup or model each pass, by expected tokens per millisecond.
 
-    name = "fallback"
+    Lookup proposals fall in two classes by the n-gram they followed: long (the
+    text is copying itself) and short (a 2-3 token coincidence). Each class keeps
+    a running mean of the tokens a pass emitted when it drafted, divided by the
+    profiled verify cost of its tree; the model's rate comes from its cost-aware
+    length policy (E[tokens] / (k draft steps + verify of k+1)). The larger wins.
+    A class not chosen for `probe_every` passes gets one pass, so an estimate
+    can recover when the text changes. Without a profile: lookup when it has a
+    proposal, else the model.
+    """
 
-    def __init__(self, members: list):
-        self.members = members
-        self.chosen = None
+    name = "auto"
+
+    def __init__(self, lookup, model=None, verify_ms: Callable[[int], float] | None = None,
+                 probe_every: int = 24, decay: float = 0.8):
+        self.lookup, self.model, self.verify_ms = lookup, model, verify_ms
+        self.probe_every, self.decay = probe_every, decay
+        self.reset_stats()
+
+    def reset_stats(self) -> None:
+        # tokens per pass (accepted + the target's own), priors from replayed traces
+        self.mean = {"long": 3.0, "short": 1.6}
+        self.idle = {"long": 0, "short": 0}
+        self.chosen = None  # (member, class) that drafted the last pass
+        self.choices = {"long": 0, "short": 0, "model": 0, "none": 0}
 
     def propose(self, context, budget):
-        for member in self.members:
-            tree = member.propose(context, budget)
-            if len(tree) > 1:
-                self.chosen = member
-                return tree
-        self.chosen = self.members[-1]
-        return tree
+        tree = self.lookup.propose(context, budget)
+        kind = None
+        if len(tree) > 1:
+            kind = "long" if self.lookup.inner.last_match >= self.lookup.inner.long_match else "short"
+        if kind and self._prefer_lookup(kind, len(tree)):
+            self.chosen = (self.lookup, kind)
+            self.choices[kind] += 1
+            return tree
+        if self.model is None:
+            self.chosen = None
+            self.choices["none"] += 1
+            return DraftTree(context[-1])
+        self.chosen = (self.model, "model")
+        self.choices["model"] += 1
+        return self.model.propose(context, budget)
+
+    def _prefer_lookup(self, kind: str, size: int) -> bool:
+        if self.model is None or self.verify_ms is None:
+            return True
+        self.idle[kind] += 1
+        if self.idle[kind] >= self.probe_every:
+            return True
+        length = self.model.length
+        model_rate = length.rate(length.k)
+        return self.mean[kind] / self.verify_ms(size) >= model_rate
 
     def observe(self, verdict, tree=None, logits=None):
-        if self.chosen is not None:
-            self.chosen.observe(verdict, tree, logits)
+        if self.chosen is None:
+            return
+        member, kind = self.chosen
+        member.observe(verdict, tree, logits)
+        if kind in self.mean:
+            self.mean[kind] = self.decay * self.mean[kind] + (1 - self.decay) * (verdict.num_accepted + 1)
+            self.idle[kind] = 0
 
     def reset(self):
-        for member in self.members:
-            member.reset()
+        self.lookup.reset()
+        if self.model is not None:
+            self.model.reset()
+
+
 class MixedDrafter:
     """Several drafters' trees merged under one node budget, verified in one pass.
 

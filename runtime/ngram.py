@@ -35,6 +35,7 @@ class NgramDrafter:
     def reset(self) -> None:
         """Forget the context (call between unrelated sequences)."""
         self.context: list[int] = []
+        self.last_match = 0  # length of the n-gram the last proposal followed (0: none)
         # n-gram -> positions e (ascending) with context[e-n:e] == n-gram and e < len(context):
         # every indexed occurrence has at least one following token, context[e].
         self.index: dict[tuple[int, ...], list[int]] = {}
@@ -62,6 +63,7 @@ class NgramDrafter:
         tree = DraftTree(ctx[-1])
         budget = max(int(budget), 0)
         branches = 0
+        self.last_match = 0
         for n in range(min(self.max_ngram, len(ctx)), self.min_ngram - 1, -1):
             ends = self.index.get(tuple(ctx[-n:]), ())
             for e in reversed(ends[-self.max_matches:]):  # most recent first
@@ -75,6 +77,7 @@ class NgramDrafter:
                     node, j = c, j + 1
                 new = cont[j:j + budget]
                 if new:
+                    self.last_match = max(self.last_match, n)
                     tree.add_path(node, new)
                     budget -= len(new)
                     branches += 1

@@ -94,11 +94,18 @@ class Session:
     """forward(tokens, positions, bias) over a bundle, appending to its KV cache."""
 
     def __init__(self, bundle: str | Path, options: SessionOptions | None = None,
-                 manifest: Manifest | None = None):
+                 manifest: Manifest | None = None, head: str = "full"):
+        """head: "full", or "draft" for the bundle's frequent-token head when it has one
+        (export/draft_vocab.py); `logit_ids` then maps logit columns to token ids."""
         options = options or SessionOptions()
         self.path = Path(bundle)
         self.manifest = manifest or read_manifest(self.path)
         m = self.manifest
+        self.model_file = m.model_file
+        self.logit_ids: np.ndarray | None = None  # [logit columns] token id of each; None: all
+        if head == "draft" and m.draft_head:
+            self.model_file = m.draft_head["model_file"]
+            self.logit_ids = np.load(self.path / m.draft_head["vocab_file"])
         from ..devices.providers import session_providers
         so = ort.SessionOptions()
         threads = options.threads or physical_cores()
@@ -115,7 +122,7 @@ class Session:
             so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.threads = threads
         self.providers = session_providers(options.provider)
-        self.sess = ort.InferenceSession(str(self.path / m.model_file), so, providers=self.providers)
+        self.sess = ort.InferenceSession(str(self.path / self.model_file), so, providers=self.providers)
         self.dtype = np.dtype(m.io_dtype)
         self.max_len = min(options.max_context or m.max_context, m.max_context)
         self.cache = KVCache(m.num_layers, m.num_kv_heads, m.head_dim, self.max_len, self.dtype)
@@ -127,6 +134,7 @@ class Session:
         # The cache buffers never move, so they are bound once: past and present alike.
         self._binding = self.sess.io_binding()
         self._binding.bind_output(m.outputs["logits"])  # first, so it stays output 0
+        self._num_logits = m.inputs.get("num_logits")  # graphs that can skip the head on early rows
         for layer, ((pk, pv), (ok, ov)) in enumerate(zip(self._past, self._present)):
             k, v = self.cache.key_values[layer], self.cache.value_values[layer]
             self._binding.bind_ortvalue_input(pk, k)
@@ -138,8 +146,11 @@ class Session:
     def vocab_size(self) -> int:
         return self.manifest.vocab_size
 
-    def forward(self, tokens, positions=None, bias=None) -> np.ndarray:
+    def forward(self, tokens, positions=None, bias=None, last: int | None = None) -> np.ndarray:
         """Run `tokens` after the cached ones; return logits [S, vocab] (float32).
+
+        last: only the last `last` rows of logits are needed ([last, vocab] is returned
+        when the graph can skip the others, which saves the LM head's work on them).
 
         positions: int64 [S] absolute positions (default: a chain after the cache).
         bias: float [S, cache.length + S] additive attention bias (default: causal).
@@ -163,6 +174,8 @@ class Session:
         b.bind_cpu_input(m.inputs["position_ids"], np.asarray(positions, np.int64).reshape(1, s))  # [1, S]
         b.bind_cpu_input(m.inputs["attention_bias"],
                          np.ascontiguousarray(bias, dtype=self.dtype).reshape(1, 1, s, total))  # [1, 1, S, T]
+        if self._num_logits:
+            b.bind_cpu_input(self._num_logits, np.array([min(last or s, s)], np.int64))  # [1]
         b.bind_output(m.outputs["logits"])
         self.sess.run_with_iobinding(b)
         self.cache.length = total
@@ -172,15 +185,16 @@ class Session:
     def prefill(self, tokens, chunk: int = 64) -> np.ndarray:
         """Feed a prompt in chunks; return the last logits [vocab].
 
-        Every position gets logits ([chunk, vocab], 39 MB at 64 x 152k), which ORT's arena then
-        keeps: small chunks bound that memory at no measured cost in prefill speed.
+        Graphs without `num_logits` give every position logits ([chunk, vocab], 39 MB at
+        64 x 152k), which ORT's arena then keeps: small chunks bound that memory at no
+        measured cost in prefill speed.
         """
         tokens = list(tokens)
         if not tokens:
             raise ValueError("prefill needs at least one token")
         logits = None
         for i in range(0, len(tokens), chunk):
-            logits = self.forward(tokens[i:i + chunk])
+            logits = self.forward(tokens[i:i + chunk], last=1)
         return logits[-1]
 
     def reset(self) -> None:

@@ -47,7 +47,8 @@ def test_greedy_20_steps_minimal_ort_loop(tiny_hf, tiny_bundle):
         bias = np.zeros((s, total), np.float32)
         bias[:, pos:] = np.triu(np.full((s, s), -np.inf, np.float32), 1)
         feeds = {"input_ids": np.array([new]), "attention_mask": np.ones((1, total), np.int64),
-                 "position_ids": np.arange(pos, total)[None], "attention_bias": bias[None, None], **past}
+                 "position_ids": np.arange(pos, total)[None], "attention_bias": bias[None, None],
+                 "num_logits": np.array([1]), **past}
         out = sess.run(None, feeds)
         names = [o.name for o in sess.get_outputs()]
         for name, value in zip(names, out):

@@ -48,24 +48,97 @@ def test_heuristic_schedule():
     assert d.k == 3
 
 
-def test_auto_leaves_out_a_draft_model_the_profile_says_is_too_slow(tiny_bundle, tiny_draft_bundle, monkeypatch):
+CPU_CURVE = {1: 40.0, 2: 44.0, 3: 56.0, 4: 66.0, 8: 113.0}
+
+
+def _cpu_verify(s):
+    import numpy as np
+    return float(np.interp(s, list(CPU_CURVE), list(CPU_CURVE.values())))
+
+
+class _Stub:
+    """A drafter proposing a fixed chain; as lookup it reports the n-gram it followed."""
+
+    long_match = 4
+
+    def __init__(self, chain, last_match=0, length=None):
+        self.chain, self.last_match, self.length = chain, last_match, length
+        self.inner = self
+        self.seen = []
+
+    def propose(self, context, budget):
+        from edgespec.runtime.tree import DraftTree
+        tree = DraftTree(context[-1])
+        if self.chain:
+            tree.add_path(0, self.chain[:budget])
+        return tree
+
+    def observe(self, verdict, tree=None, logits=None):
+        self.seen.append(verdict.num_accepted)
+        if self.length is not None:
+            self.length.update(verdict.num_accepted, len(tree) - 1)
+
+    def reset(self):
+        pass
+
+
+def _pass(auto, lookup_accepts):
+    """One pass: lookup's proposals get `lookup_accepts` tokens accepted, the model's all."""
+    from types import SimpleNamespace
+    tree = auto.propose([1, 2, 3], 8)
+    accepted = len(tree) - 1 if auto.chosen[1] == "model" else min(lookup_accepts, len(tree) - 1)
+    auto.observe(SimpleNamespace(num_accepted=accepted), tree)
+    return auto.chosen[1]
+
+
+def test_auto_follows_what_each_drafter_delivers():
+    """Lookup wins on a long match while it delivers; when its proposals keep failing the model
+    drafts instead, and lookup is re-tried every `probe_every` passes."""
+    from edgespec.runtime.drafters import AutoDrafter
+    model = _Stub([7, 8, 9], length=CostAwareLength(_cpu_verify, draft_ms=12.0, prior=0.9))
+    lookup = _Stub([4, 5, 6, 7, 8, 9, 10], last_match=4)
+    auto = AutoDrafter(lookup, model, _cpu_verify, probe_every=6)
+    assert [_pass(auto, 7) for _ in range(3)] == ["long"] * 3
+    kinds = [_pass(auto, 0) for _ in range(12)]
+    assert kinds[0] == "long" and "model" in kinds[:4]  # a few failures move the estimate
+    after = kinds[kinds.index("model"):]
+    assert after.count("long") == 1 and after.count("model") == len(after) - 1  # one probe in 7+
+    lookup.last_match = 2  # short matches start from a low prior: the model drafts
+    assert _pass(auto, 0) == "model"
+
+
+def test_auto_without_profiles_takes_lookup_first():
+    from edgespec.runtime.drafters import AutoDrafter
+    model = _Stub([7, 8], length=DraftLength())
+    auto = AutoDrafter(_Stub([4, 5], last_match=2), model, verify_ms=None)
+    assert _pass(auto, 0) == "short"
+    auto.lookup.chain = []
+    assert _pass(auto, 0) == "model"
+    assert AutoDrafter(_Stub([]), None, _cpu_verify).propose([1, 2], 8).tokens == [2]  # nothing to draft
+
+
+def test_auto_measures_missing_profiles_and_sizes_the_model_from_them(tiny_bundle, tiny_draft_bundle, monkeypatch):
+    """A draft step as costly as a target step: the cost-aware length stops the model drafting."""
     from edgespec.devices import profile as prof
     from edgespec.runtime import drafters
     from edgespec.runtime.api import Generator
     from edgespec.runtime.sampling import SamplingParams
     from edgespec.runtime.session import Session
     gen = Generator(Session(tiny_bundle), Session(tiny_draft_bundle), drafter="auto")
+    asked = []
 
     def fake(cost_of_draft):
         def load_or_measure(session, **kwargs):
-            ms = {1: 40.0, 2: 44.0} if session is gen.target else cost_of_draft
+            asked.append(session)
+            ms = CPU_CURVE if session is gen.target else cost_of_draft
             return prof.Profile(str(session.path), "cpu", 2, 128, ms)
         return load_or_measure
 
-    monkeypatch.setattr(prof, "load_or_measure", fake({1: 14.0, 2: 16.0}))  # 0.35 of a target step
-    assert len(drafters.create("auto", gen, SamplingParams()).members) == 1
-    monkeypatch.setattr(prof, "load_or_measure", fake({1: 4.0, 2: 5.0}))  # 0.1 of a target step
-    assert len(drafters.create("auto", gen, SamplingParams()).members) == 2
+    monkeypatch.setattr(prof, "load_or_measure", fake({1: 40.0, 2: 44.0}))
+    auto = drafters.create("auto", gen, SamplingParams())
+    assert gen.draft in asked and auto.model.length.k == 0
+    monkeypatch.setattr(prof, "load_or_measure", fake({1: 4.0, 2: 5.0}))
+    assert drafters.create("auto", gen, SamplingParams()).model.length.k >= 2
 
 
 def test_profile_is_measured_once_and_cached(tiny_bundle):

@@ -1,0 +1,36 @@
+"""Bring a bundle exported by an older edgespec up to the current graph features.
+
+Both upgrades edit graphs only (the weight file is never rewritten) and take
+seconds, so cached preset bundles get them on first use instead of a
+minutes-long re-export. Each step is idempotent and the manifest is written
+last, so an interrupted upgrade is finished by the next one.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnx
+
+from . import last_logits
+from .draft_vocab import write_draft_head
+from .manifest import read_manifest
+
+
+def upgrade(bundle: Path, draft_vocab: int | None = None) -> bool:
+    """Add `num_logits` (and a draft head of `draft_vocab` rows); return whether anything changed."""
+    bundle = Path(bundle)
+    manifest = read_manifest(bundle)
+    changed = False
+    if "num_logits" not in manifest.inputs:
+        graph = onnx.load(str(bundle / manifest.model_file), load_external_data=False).graph
+        if last_logits.NUM_LOGITS not in {i.name for i in graph.input}:
+            last_logits.rewrite_file(bundle / manifest.model_file)
+        manifest.inputs["num_logits"] = last_logits.NUM_LOGITS
+        changed = True
+    if draft_vocab and not manifest.draft_head:
+        manifest.draft_head = write_draft_head(bundle, manifest, draft_vocab)
+        changed = True
+    if changed:
+        manifest.write(bundle)
+    return changed
