@@ -258,8 +258,10 @@ class AutoDrafter:
         self.reset_stats()
 
     def reset_stats(self) -> None:
-        # tokens per pass (accepted + the target's own), priors from replayed traces
-        self.mean = {"long": 3.0, "short": 1.6}
+        # Tokens per pass (accepted + the target's own). A long match starts optimistic, so it
+        # is tried at once (edits copy long runs); a short one pessimistic (on fresh text it
+        # mostly guesses wrong), so it drafts only where probes show it pays.
+        self.mean = {"long": 5.0, "short": 1.6}
         self.idle = {"long": 0, "short": 0}
         self.chosen = None  # (member, class) that drafted the last pass
         self.choices = {"long": 0, "short": 0, "model": 0, "none": 0}
