@@ -8,7 +8,7 @@ from pathlib import Path
 from ..quant.recipes import Recipe
 from .cache import cache_root
 from .errors import EdgespecError
-from .manifest import MANIFEST_NAME
+from .manifest import MANIFEST_NAME, read_manifest
 
 
 def preset_bundle_dir(name: str, recipe: Recipe) -> Path:
@@ -26,8 +26,11 @@ def bundle_path(ref: str | Path, recipe: Recipe | None = None) -> Path:
     except EdgespecError:
         raise EdgespecError(f"'{ref}' is neither a bundle folder nor a preset "
                             f"(presets: {', '.join(presets.names())})") from None
-    recipe = recipe or Recipe("int4")
+    recipe = recipe or Recipe("int4", block_size=preset.block_size)
     out = preset_bundle_dir(preset.name, recipe)
+    if (out / MANIFEST_NAME).is_file() and Recipe.from_dict(read_manifest(out).quant) != recipe:
+        print(f"re-preparing {preset.name}: its recipe is now {recipe.to_dict()}", file=sys.stderr)
+        (out / MANIFEST_NAME).unlink()
     if not (out / MANIFEST_NAME).is_file():
         from .pipeline import ExportOptions, export
         print(f"preparing {preset.name} ({recipe.precision}) in {out} (first use)", file=sys.stderr)
