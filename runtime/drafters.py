@@ -7,6 +7,7 @@ its last proposal fared and what the target computed for every node.
 
 from __future__ import annotations
 
+import time
 from typing import Callable, Protocol, Sequence
 
 import numpy as np
@@ -95,12 +96,16 @@ class ModelDrafter:
         self.session.reset()
 
     def propose(self, context: Sequence[int], budget: int) -> DraftTree:
+        started = time.perf_counter()
         tree = DraftTree(context[-1])
         depth = min(self.length.k, budget, self.session.max_len - len(context) - 1)
+        self._steps = 0
         if depth <= 0:
             self._depth = 0
+            self._proposed_at = time.perf_counter()
             return tree
         logits = self.session.sync(context)  # [V] draft logits after the context
+        self._steps = 1
         node, used = 0, 0
         deterministic = self.params.greedy or self.tree
         width = 1 + (self.branch_width if self.tree else 0)
@@ -137,11 +142,19 @@ class ModelDrafter:
                 break
             logits = self.session.forward([token])[-1]
             self.session.history.append(token)
+            self._steps += 1
         self._depth = tree.depths().max() if len(tree) > 1 else 0
+        self._proposed_at = time.perf_counter()
+        # A sync that fed a whole prompt is a prefill, not a draft step's cost.
+        steady = self._depth and self.session.last_fed <= 4
+        self._step_ms = (self._proposed_at - started) * 1000 / self._steps if steady else None
         return tree
 
     def observe(self, verdict: Verdict, tree: DraftTree | None = None, logits=None) -> None:
         self.length.update(verdict.num_accepted, int(self._depth))
+        if hasattr(self.length, "observe_costs") and tree is not None:
+            verify_ms = (time.perf_counter() - self._proposed_at) * 1000
+            self.length.observe_costs(self._step_ms, verify_ms, len(tree))
 
 
 @register("model")
@@ -221,9 +234,14 @@ def _auto(gen, params):
     verify_ms = None
     if gen.use_profiles:
         from ..devices.profile import QUICK_SIZES, load_or_measure
-        verify_ms = load_or_measure(gen.target, sizes=QUICK_SIZES).cost
-        if model is not None and not isinstance(model.length, CostAwareLength):
-            model.length = _measured_length(gen)
+        profile = load_or_measure(gen.target, sizes=QUICK_SIZES)
+        verify_ms = profile.cost
+        if model is not None:
+            if not isinstance(model.length, CostAwareLength):
+                model.length = _measured_length(gen)
+            # Siblings of the chain cost verify width: worth it only where width is nearly free
+            # (measured on a 2-core CPU: every extra token costs ~25% of a pass, and trees lost).
+            model.tree = model.tree and profile.cost(8) <= 1.5 * profile.cost(1)
     return AutoDrafter(lookup, model, verify_ms)
 
 
@@ -252,7 +270,7 @@ class AutoDrafter:
     name = "auto"
 
     def __init__(self, lookup, model=None, verify_ms: Callable[[int], float] | None = None,
-                 probe_every: int = 24, decay: float = 0.8):
+                 probe_every: int = 8, decay: float = 0.9):
         self.lookup, self.model, self.verify_ms = lookup, model, verify_ms
         self.probe_every, self.decay = probe_every, decay
         self.reset_stats()
@@ -274,6 +292,7 @@ class AutoDrafter:
         if kind and self._prefer_lookup(kind, len(tree)):
             self.chosen = (self.lookup, kind)
             self.choices[kind] += 1
+            self._proposed_at = time.perf_counter()
             return tree
         if self.model is None:
             self.chosen = None
@@ -290,8 +309,7 @@ class AutoDrafter:
         if self.idle[kind] >= self.probe_every:
             return True
         length = self.model.length
-        model_rate = length.rate(length.k)
-        return self.mean[kind] / self.verify_ms(size) >= model_rate
+        return self.mean[kind] / length.verify_ms(size) >= length.rate(length.k)
 
     def observe(self, verdict, tree=None, logits=None):
         if self.chosen is None:
@@ -299,6 +317,9 @@ class AutoDrafter:
         member, kind = self.chosen
         member.observe(verdict, tree, logits)
         if kind in self.mean:
+            length = self.model.length if self.model is not None else None
+            if hasattr(length, "observe_costs") and tree is not None:  # lookup passes time verify too
+                length.observe_costs(None, (time.perf_counter() - self._proposed_at) * 1000, len(tree))
             self.mean[kind] = self.decay * self.mean[kind] + (1 - self.decay) * (verdict.num_accepted + 1)
             self.idle[kind] = 0
 

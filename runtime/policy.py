@@ -41,8 +41,8 @@ class CostAwareLength:
     """
 
     def __init__(self, verify_ms: Callable[[int], float], draft_ms: float, k_max: int = 10,
-                 prior: float = 0.7, decay: float = 0.9, probe_every: int = 16):
-        self.verify_ms = verify_ms
+                 prior: float = 0.7, decay: float = 0.9, probe_every: int = 16, cost_decay: float = 0.8):
+        self.profile_ms = verify_ms
         self.draft_ms = draft_ms
         self.k_max = k_max
         self.decay = decay
@@ -50,11 +50,19 @@ class CostAwareLength:
         self.successes = prior
         self.probe_every = probe_every
         self.idle = 0
+        # Live costs: a shared CPU runs faster or slower than when the profile was taken, and
+        # draft and target do not slow down alike. The profile gives the curve's shape; passes
+        # timed during generation set its level and the draft step's cost.
+        self.cost_decay = cost_decay
+        self.verify_scale = 1.0
         self.k = self.best_k()
 
     @property
     def acceptance(self) -> float:
         return self.successes / self.trials
+
+    def verify_ms(self, s: int) -> float:
+        return self.verify_scale * self.profile_ms(s)
 
     def rate(self, k: int) -> float:
         """Expected tokens per ms with k drafted tokens."""
@@ -62,6 +70,14 @@ class CostAwareLength:
 
     def best_k(self) -> int:
         return max(range(self.k_max + 1), key=self.rate)
+
+    def observe_costs(self, draft_ms_per_step: float | None, verify_ms: float, size: int) -> None:
+        """Fold in one pass's measured costs (draft step, if any drafted, and a verify over size)."""
+        a = self.cost_decay
+        if draft_ms_per_step is not None:
+            self.draft_ms = a * self.draft_ms + (1 - a) * draft_ms_per_step
+        self.verify_scale = a * self.verify_scale + (1 - a) * verify_ms / self.profile_ms(size)
+        self.k = self.best_k()
 
     def update(self, accepted: int, proposed_depth: int) -> None:
         # Each drafted position up to the first rejection is one Bernoulli trial of a.

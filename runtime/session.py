@@ -127,6 +127,7 @@ class Session:
         self.max_len = min(options.max_context or m.max_context, m.max_context)
         self.cache = KVCache(m.num_layers, m.num_kv_heads, m.head_dim, self.max_len, self.dtype)
         self.history: list[int] = []  # tokens whose KV the cache holds, kept by the decode loop
+        self.last_fed = 0  # tokens the last sync() had to feed
         names = m.inputs
         self._past = [(names["past_key"] % i, names["past_value"] % i) for i in range(m.num_layers)]
         self._present = [(m.outputs["present_key"] % i, m.outputs["present_value"] % i)
@@ -214,6 +215,7 @@ class Session:
         token); return the logits after them [vocab]. Drafters follow the context this way."""
         tokens = list(tokens)
         n = self.reuse_prefix(tokens)
+        self.last_fed = len(tokens) - n
         logits = self.prefill(tokens[n:])
         self.history = tokens
         return logits

@@ -25,6 +25,18 @@ def test_tokens_as_expensive_as_steps_stop_drafting():
     assert policy.k == 0
 
 
+def test_live_costs_set_the_curve_level():
+    """Passes timed slower than the profile scale the whole curve; a cheaper live draft step
+    than profiled lengthens drafts."""
+    policy = CostAwareLength(verify_ms=_cpu_verify, draft_ms=30.0, prior=0.9)
+    k_slow_draft = policy.k
+    for _ in range(30):
+        policy.observe_costs(draft_ms_per_step=6.0, verify_ms=2 * _cpu_verify(4), size=4)
+    assert abs(policy.verify_scale - 2.0) < 0.01 and abs(policy.draft_ms - 6.0) < 0.1
+    assert abs(policy.verify_ms(8) - 2 * _cpu_verify(8)) < 0.5
+    assert policy.k > k_slow_draft
+
+
 def test_low_acceptance_shrinks_then_probes():
     """A realistic CPU curve: good acceptance drafts several tokens, bad acceptance stops."""
     curve = {1: 43.5, 2: 47, 3: 56, 4: 67, 6: 88, 8: 111, 12: 158, 16: 212}
@@ -95,9 +107,10 @@ def test_auto_follows_what_each_drafter_delivers():
     """Lookup wins on a long match while it delivers; when its proposals keep failing the model
     drafts instead, and lookup is re-tried every `probe_every` passes."""
     from edgespec.runtime.drafters import AutoDrafter
-    model = _Stub([7, 8, 9], length=CostAwareLength(_cpu_verify, draft_ms=12.0, prior=0.9))
+    # cost_decay=1: keep the profile's costs (stubs take microseconds, not a CPU's milliseconds)
+    model = _Stub([7, 8, 9], length=CostAwareLength(_cpu_verify, draft_ms=12.0, prior=0.9, cost_decay=1.0))
     lookup = _Stub([4, 5, 6, 7, 8, 9, 10], last_match=4)
-    auto = AutoDrafter(lookup, model, _cpu_verify, probe_every=6)
+    auto = AutoDrafter(lookup, model, _cpu_verify, probe_every=6, decay=0.8)
     assert [_pass(auto, 7) for _ in range(3)] == ["long"] * 3
     kinds = [_pass(auto, 0) for _ in range(12)]
     assert kinds[0] == "long" and "model" in kinds[:6]  # a few failures move the estimate
