@@ -6,7 +6,8 @@ max_tokens) -> Trial`; edgespec modes share one loaded target (and draft)
 session, the onnxruntime-genai anchors load the bundle's untouched builder
 graph (`model.genai.onnx`, same weights) with the same thread count.
 
-Per prompt and mode: `warmup` untimed runs, `repeats` timed runs, medians of
+Per prompt: `warmup` untimed rounds, then `repeats` timed rounds, each round
+running every mode once (interleaved against a shared machine's drift); medians of
 decode / prefill tok/s, acceptance, tokens per target pass and the time split;
 whether the ids equal the `plain` ids (and where they first differ); decode
 tok/s as a ratio of the `genai` anchor. Per category: medians over prompts.
@@ -371,16 +372,18 @@ def run_suite(target: str | Path, draft: str | Path | None = None, modes: Sequen
         for p in prompts:
             ids = encode(p["messages"])
             row = {"id": p["id"], "category": p["category"], "prompt_tokens": len(ids), "modes": {}}
-            for m, runner in runners.items():
-                bar.set_postfix_str(f"{p['id']} {m}")
-                for _ in range(warmup):
-                    runner.run(ids, max_tokens)
+            # Round-robin: every round runs each mode once, so a slow spell of a shared machine
+            # (seen here: 20% swings over a minute) lands on all modes alike, not on one.
+            trials: dict[str, list] = {m: [] for m in runners}
+            for round_ in range(warmup + repeats):
+                for m, runner in runners.items():
+                    bar.set_postfix_str(f"{p['id']} {m}")
+                    trial = runner.run(ids, max_tokens)
+                    if round_ >= warmup:
+                        trials[m].append(trial)
                     bar.update()
-                trials = []
-                for _ in range(repeats):
-                    trials.append(runner.run(ids, max_tokens))
-                    bar.update()
-                row["modes"][m] = _aggregate(trials)
+            for m in runners:
+                row["modes"][m] = _aggregate(trials[m])
             _compare(row)
             rows.append(row)
     finally:

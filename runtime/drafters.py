@@ -257,39 +257,53 @@ def _measured_length(gen):
 class AutoDrafter:
     """Lookup or model each pass, by expected tokens per millisecond.
 
-    Lookup proposals fall in two classes by the n-gram they followed: long (the
-    text is copying itself) and short (a 2-3 token coincidence). Each class keeps
-    a running mean of the tokens a pass emitted when it drafted, divided by the
-    profiled verify cost of its tree; the model's rate comes from its cost-aware
-    length policy (E[tokens] / (k draft steps + verify of k+1)). The larger wins.
-    A class not chosen for `probe_every` passes gets one pass, so an estimate
-    can recover when the text changes. Without a profile: lookup when it has a
-    proposal, else the model.
+    Lookup keeps a running per-token acceptance r (each drafted position up to
+    the first rejection is a trial, as for the model), so a proposal of depth n
+    is worth 1 + r + ... + r^n tokens for the profiled verify cost of its tree;
+    the model's rate comes from its cost-aware length policy (E[tokens] / (k
+    draft steps + verify of k+1)), both at live cost levels. The larger wins.
+    Edits, which copy their input, drive r up and lookup takes most passes;
+    fresh text drives it down and the model drafts. After `probe_every`
+    declined proposals lookup gets one pass, so its estimate can recover when
+    the text changes. Without a profile: lookup when it has a proposal, else
+    the model. `choices` counts passes by long (>= long_match) or short lookup
+    match, model, or none.
     """
 
     name = "auto"
 
     def __init__(self, lookup, model=None, verify_ms: Callable[[int], float] | None = None,
-                 probe_every: int = 8, decay: float = 0.9):
+                 probe_every: int = 8, decay: float = 0.9, prior: float = 0.75):
         self.lookup, self.model, self.verify_ms = lookup, model, verify_ms
         self.probe_every, self.decay = probe_every, decay
-        self.reset_stats()
-
-    def reset_stats(self) -> None:
-        # Tokens per pass (accepted + the target's own). A long match starts optimistic, so it
-        # is tried at once (edits copy long runs); a short one pessimistic (on fresh text it
-        # mostly guesses wrong), so it drafts only where probes show it pays.
-        self.mean = {"long": 5.0, "short": 1.6}
-        self.idle = {"long": 0, "short": 0}
-        self.chosen = None  # (member, class) that drafted the last pass
+        self.trials, self.successes = 1.0, prior  # one pseudo-trial of the prior
+        self.idle = 0
+        self.chosen = None  # (member, kind) that drafted the last pass
         self.choices = {"long": 0, "short": 0, "model": 0, "none": 0}
 
+    @property
+    def lookup_acceptance(self) -> float:
+        return self.successes / self.trials
+
+    def lookup_rate(self, tree: DraftTree) -> float:
+        r, depth = self.lookup_acceptance, int(tree.depths().max())
+        tokens = sum(r ** i for i in range(depth + 1))
+        return tokens / self.model.length.verify_ms(len(tree))
+
+    def lookup_budget(self, budget: int) -> int:
+        """The lookup chain length with the most expected tokens per ms at the current r
+        (a long proposal is mostly wasted verify width unless r is high)."""
+        if self.model is None or self.verify_ms is None:
+            return budget
+        r, verify = self.lookup_acceptance, self.model.length.verify_ms
+        return max(range(1, budget + 1), key=lambda n: (1 - r ** (n + 1)) / (1 - r) / verify(n + 1)
+                   if r < 1 else (n + 1) / verify(n + 1))
+
     def propose(self, context, budget):
-        tree = self.lookup.propose(context, budget)
-        kind = None
-        if len(tree) > 1:
-            kind = "long" if self.lookup.inner.last_match >= self.lookup.inner.long_match else "short"
-        if kind and self._prefer_lookup(kind, len(tree)):
+        tree = self.lookup.propose(context, self.lookup_budget(budget))
+        if len(tree) > 1 and self._prefer_lookup(tree):
+            inner = self.lookup.inner
+            kind = "long" if inner.last_match >= inner.long_match else "short"
             self.chosen = (self.lookup, kind)
             self.choices[kind] += 1
             self._proposed_at = time.perf_counter()
@@ -302,26 +316,28 @@ class AutoDrafter:
         self.choices["model"] += 1
         return self.model.propose(context, budget)
 
-    def _prefer_lookup(self, kind: str, size: int) -> bool:
+    def _prefer_lookup(self, tree: DraftTree) -> bool:
         if self.model is None or self.verify_ms is None:
             return True
-        self.idle[kind] += 1
-        if self.idle[kind] >= self.probe_every:
+        self.idle += 1
+        if self.idle >= self.probe_every:
             return True
         length = self.model.length
-        return self.mean[kind] / length.verify_ms(size) >= length.rate(length.k)
+        return self.lookup_rate(tree) >= length.rate(length.k)
 
     def observe(self, verdict, tree=None, logits=None):
         if self.chosen is None:
             return
         member, kind = self.chosen
         member.observe(verdict, tree, logits)
-        if kind in self.mean:
+        if member is self.lookup and tree is not None:
+            depth = int(tree.depths().max())
+            self.trials = self.decay * self.trials + min(verdict.num_accepted + 1, depth)
+            self.successes = self.decay * self.successes + verdict.num_accepted
+            self.idle = 0
             length = self.model.length if self.model is not None else None
-            if hasattr(length, "observe_costs") and tree is not None:  # lookup passes time verify too
+            if hasattr(length, "observe_costs"):  # lookup passes time verify too
                 length.observe_costs(None, (time.perf_counter() - self._proposed_at) * 1000, len(tree))
-            self.mean[kind] = self.decay * self.mean[kind] + (1 - self.decay) * (verdict.num_accepted + 1)
-            self.idle[kind] = 0
 
     def reset(self):
         self.lookup.reset()
