@@ -257,57 +257,56 @@ def _measured_length(gen):
 class AutoDrafter:
     """Lookup or model each pass, by expected tokens per millisecond.
 
-    Lookup keeps a running per-token acceptance r (each drafted position up to
-    the first rejection is a trial, as for the model), so a proposal of depth n
-    is worth 1 + r + ... + r^n tokens for the profiled verify cost of its tree;
-    the model's rate comes from its cost-aware length policy (E[tokens] / (k
-    draft steps + verify of k+1)), both at live cost levels. The larger wins.
-    Edits, which copy their input, drive r up and lookup takes most passes;
-    fresh text drives it down and the model drafts. After `probe_every`
-    declined proposals lookup gets one pass, so its estimate can recover when
-    the text changes. Without a profile: lookup when it has a proposal, else
-    the model. `choices` counts passes by long (>= long_match) or short lookup
-    match, model, or none.
+    Lookup proposals fall in two kinds by the n-gram they followed: long (>=
+    long_match tokens: the text is copying itself) and short (a 2-3 token
+    coincidence). Each kind keeps a running per-token acceptance r (every
+    drafted position up to the first rejection is a trial, as for the model),
+    so a proposal cut to depth n is worth 1 + r + ... + r^n tokens for the
+    profiled verify cost of its tree, and is cut where that rate peaks. The
+    model's rate comes from its cost-aware length policy (E[tokens] / (k draft
+    steps + verify of k+1)); both use live cost levels. The larger wins. After
+    `probe_every` declined proposals of a kind, one is verified uncut, so its
+    estimate can recover when the text changes (edits start with fresh prose,
+    then copy). Without a profile: lookup when it has a proposal, else the
+    model. `choices` counts passes per kind.
     """
 
     name = "auto"
+    PRIORS = {"long": 0.9, "short": 0.6}  # per-token acceptance before any evidence
 
     def __init__(self, lookup, model=None, verify_ms: Callable[[int], float] | None = None,
-                 probe_every: int = 8, decay: float = 0.9, prior: float = 0.75):
+                 probe_every: int = 8, decay: float = 0.9, priors: dict | None = None):
         self.lookup, self.model, self.verify_ms = lookup, model, verify_ms
         self.probe_every, self.decay = probe_every, decay
-        self.trials, self.successes = 1.0, prior  # one pseudo-trial of the prior
-        self.idle = 0
+        # kind -> [trials, successes], one pseudo-trial of the prior
+        self.evidence = {k: [1.0, r] for k, r in (priors or self.PRIORS).items()}
+        self.idle = {k: 0 for k in self.evidence}
         self.chosen = None  # (member, kind) that drafted the last pass
         self.choices = {"long": 0, "short": 0, "model": 0, "none": 0}
 
-    @property
-    def lookup_acceptance(self) -> float:
-        return self.successes / self.trials
+    def acceptance(self, kind: str) -> float:
+        trials, successes = self.evidence[kind]
+        return successes / trials
 
-    def lookup_rate(self, tree: DraftTree) -> float:
-        r, depth = self.lookup_acceptance, int(tree.depths().max())
-        tokens = sum(r ** i for i in range(depth + 1))
-        return tokens / self.model.length.verify_ms(len(tree))
+    def _rate(self, r: float, depth: int, nodes: int) -> float:
+        tokens = (1 - r ** (depth + 1)) / (1 - r) if r < 1 else depth + 1.0
+        return tokens / self.model.length.verify_ms(nodes + 1)
 
-    def lookup_budget(self, budget: int) -> int:
-        """The lookup chain length with the most expected tokens per ms at the current r
-        (a long proposal is mostly wasted verify width unless r is high)."""
-        if self.model is None or self.verify_ms is None:
-            return budget
-        r, verify = self.lookup_acceptance, self.model.length.verify_ms
-        return max(range(1, budget + 1), key=lambda n: (1 - r ** (n + 1)) / (1 - r) / verify(n + 1)
-                   if r < 1 else (n + 1) / verify(n + 1))
+    def best_depth(self, kind: str, most: int) -> int:
+        """The lookup chain length with the most expected tokens per ms for this kind."""
+        r = self.acceptance(kind)
+        return max(range(1, most + 1), key=lambda n: self._rate(r, n, n))
 
     def propose(self, context, budget):
-        tree = self.lookup.propose(context, self.lookup_budget(budget))
-        if len(tree) > 1 and self._prefer_lookup(tree):
+        tree = self.lookup.propose(context, budget)
+        if len(tree) > 1:
             inner = self.lookup.inner
             kind = "long" if inner.last_match >= inner.long_match else "short"
-            self.chosen = (self.lookup, kind)
-            self.choices[kind] += 1
-            self._proposed_at = time.perf_counter()
-            return tree
+            if self._prefer_lookup(kind, tree):
+                self.chosen = (self.lookup, kind)
+                self.choices[kind] += 1
+                self._proposed_at = time.perf_counter()
+                return tree
         if self.model is None:
             self.chosen = None
             self.choices["none"] += 1
@@ -316,14 +315,17 @@ class AutoDrafter:
         self.choices["model"] += 1
         return self.model.propose(context, budget)
 
-    def _prefer_lookup(self, tree: DraftTree) -> bool:
+    def _prefer_lookup(self, kind: str, tree: DraftTree) -> bool:
+        """Whether lookup drafts this pass (cutting `tree` to its best depth in place)."""
         if self.model is None or self.verify_ms is None:
             return True
-        self.idle += 1
-        if self.idle >= self.probe_every:
-            return True
+        self.idle[kind] += 1
+        if self.idle[kind] >= self.probe_every:
+            return True  # a probe, uncut: a long copy can show it is one
+        tree.prune(self.best_depth(kind, len(tree) - 1))
         length = self.model.length
-        return self.lookup_rate(tree) >= length.rate(length.k)
+        depth = int(tree.depths().max())
+        return self._rate(self.acceptance(kind), depth, len(tree) - 1) >= length.rate(length.k)
 
     def observe(self, verdict, tree=None, logits=None):
         if self.chosen is None:
@@ -332,9 +334,10 @@ class AutoDrafter:
         member.observe(verdict, tree, logits)
         if member is self.lookup and tree is not None:
             depth = int(tree.depths().max())
-            self.trials = self.decay * self.trials + min(verdict.num_accepted + 1, depth)
-            self.successes = self.decay * self.successes + verdict.num_accepted
-            self.idle = 0
+            evidence = self.evidence[kind]
+            evidence[0] = self.decay * evidence[0] + min(verdict.num_accepted + 1, depth)
+            evidence[1] = self.decay * evidence[1] + verdict.num_accepted
+            self.idle[kind] = 0
             length = self.model.length if self.model is not None else None
             if hasattr(length, "observe_costs"):  # lookup passes time verify too
                 length.observe_costs(None, (time.perf_counter() - self._proposed_at) * 1000, len(tree))

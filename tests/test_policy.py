@@ -110,17 +110,19 @@ def test_auto_follows_what_each_drafter_delivers():
     # cost_decay=1: keep the profile's costs (stubs take microseconds, not a CPU's milliseconds)
     model = _Stub([7, 8, 9], length=CostAwareLength(_cpu_verify, draft_ms=12.0, prior=0.9, cost_decay=1.0))
     lookup = _Stub([4, 5, 6, 7, 8, 9, 10], last_match=4)
-    auto = AutoDrafter(lookup, model, _cpu_verify, probe_every=6, prior=0.9)
-    assert 3 <= auto.lookup_budget(8) <= 5  # at r = 0.9 on this curve, 3-5 tokens per pass pay best
+    auto = AutoDrafter(lookup, model, _cpu_verify, probe_every=6, priors={"long": 0.9, "short": 0.5})
+    assert 3 <= auto.best_depth("long", 8) <= 5  # at r = 0.9 on this curve, 3-5 tokens per pass pay best
     assert [_pass(auto, 7) for _ in range(3)] == ["long"] * 3
-    assert auto.lookup_budget(8) > 5  # everything accepted: longer lookups pay
+    assert auto.best_depth("long", 8) > 5  # everything accepted: longer lookups pay
     kinds = [_pass(auto, 0) for _ in range(24)]
     # Cheap short lookups still pay at r ~ 0.6 on this curve; some ten failures move r below it.
     assert kinds[0] == "long" and "model" in kinds[:12]
     after = kinds[kinds.index("model"):]
     assert after[:5] == ["model"] * 5 and after[5] == "long"  # then one probe per 6 passes
     assert after.count("long") <= len(after) // 6 + 1
-    assert auto.lookup_acceptance < 0.5
+    assert auto.acceptance("long") < 0.5
+    lookup.last_match = 2  # short matches have their own, lower estimate: the model drafts
+    assert _pass(auto, 0) == "model"
 
 
 def test_auto_without_profiles_takes_lookup_first():
