@@ -79,8 +79,15 @@ class ModelDrafter:
 
     def __init__(self, session: Session, params: SamplingParams = SamplingParams(), tree: bool = False,
                  length: DraftLength | None = None, min_confidence: float = 0.3,
-                 branch_width: int = 2, branch_min_prob: float = 0.1, rng: np.random.Generator | None = None):
+                 branch_width: int = 2, branch_min_prob: float = 0.1, rng: np.random.Generator | None = None,
+                 window: int | None = 128):
+        """window: the draft reads only the last `window` tokens of the prompt (and everything
+        after it): its prefill is paid in decode time, and a draft only has to guess the next
+        few tokens. None: the whole prompt."""
         self.session = session
+        self.window = window
+        self._offset: int | None = None  # context tokens the draft never sees, fixed per generation
+        self._step_ms, self._proposed_at = None, time.perf_counter()
         self.params = params
         self.tree = tree
         self.length = length or DraftLength()
@@ -94,6 +101,7 @@ class ModelDrafter:
 
     def reset(self) -> None:
         self.session.reset()
+        self._offset = None
 
     def propose(self, context: Sequence[int], budget: int) -> DraftTree:
         started = time.perf_counter()
@@ -101,10 +109,12 @@ class ModelDrafter:
         depth = min(self.length.k, budget, self.session.max_len - len(context) - 1)
         self._steps = 0
         if depth <= 0:
-            self._depth = 0
+            self._depth, self._step_ms = 0, None
             self._proposed_at = time.perf_counter()
             return tree
-        logits = self.session.sync(context)  # [V] draft logits after the context
+        if self._offset is None:
+            self._offset = max(0, len(context) - self.window) if self.window else 0
+        logits = self.session.sync(context[self._offset:])  # [V] draft logits after the context
         self._steps = 1
         node, used = 0, 0
         deterministic = self.params.greedy or self.tree
@@ -237,8 +247,7 @@ def _auto(gen, params):
         profile = load_or_measure(gen.target, sizes=QUICK_SIZES)
         verify_ms = profile.cost
         if model is not None:
-            if not isinstance(model.length, CostAwareLength):
-                model.length = _measured_length(gen)
+            model.length = _measured_length(gen)  # cached profiles, or measured now
             # Siblings of the chain cost verify width: worth it only where width is nearly free
             # (measured on a 2-core CPU: every extra token costs ~25% of a pass, and trees lost).
             model.tree = model.tree and profile.cost(8) <= 1.5 * profile.cost(1)
