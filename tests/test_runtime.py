@@ -279,3 +279,21 @@ def test_layers_spec_errors():
         parse_layers("0-8", 8)
     with pytest.raises(EdgespecError, match="is not N or N-M"):
         parse_layers("a-b", 8)
+
+
+def test_windowed_draft_stays_lossless(target, draft):
+    """A draft reading only the last 4 prompt tokens proposes worse guesses, never other output."""
+    plain = _greedy(Generator(target))
+    gen = Generator(target, draft, tree=False, drafter="model")
+    gen.use_profiles = False
+    params = SamplingParams()
+    drafter = ModelDrafter(draft, params, window=4)
+    out = []
+    for step in decode_steps(target, gen.encode(PROMPT), params, drafter, budget=4):
+        out.extend(step.tokens)
+        if len(out) >= 48:
+            break
+    assert out[:48] == plain.token_ids
+    ids = gen.encode(PROMPT)
+    assert drafter._offset == len(ids) + 1 - 4  # fixed at the first proposal: prompt + first token
+    assert draft.history == (ids + out)[drafter._offset:drafter._offset + len(draft.history)]
