@@ -29,7 +29,9 @@ def upgrade(bundle: Path, draft_vocab: int | None = None) -> bool:
         manifest.inputs["num_logits"] = last_logits.NUM_LOGITS
         changed = True
     if draft_vocab and not manifest.draft_head:
+        from ..quant.quality import bundle_bytes
         manifest.draft_head = write_draft_head(bundle, manifest, draft_vocab)
+        manifest.sizes["bundle_bytes"] = bundle_bytes(bundle, manifest)
         changed = True
     if changed:
         manifest.write(bundle)

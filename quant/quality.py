@@ -191,8 +191,12 @@ def quality_report(bundle: str | Path, reference=None, windows: int = DEFAULT_WI
 
 
 def bundle_bytes(bundle: Path, manifest: Manifest) -> int:
-    """Size on disk of the graph and its weights (model.onnx*), as export records it."""
-    return sum(f.stat().st_size for f in Path(bundle).iterdir() if f.name.startswith(manifest.model_file))
+    """Size on disk of the graph and its weights (model.onnx*, and a draft head's files),
+    as export records it."""
+    head = manifest.draft_head or {}
+    extra = {head.get("model_file"), head.get("vocab_file"), "draft_head.data"} if head else set()
+    return sum(f.stat().st_size for f in Path(bundle).iterdir()
+               if f.name.startswith(manifest.model_file) or f.name in extra)
 
 
 # --- one source, several recipes -------------------------------------------------------------
