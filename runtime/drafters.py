@@ -14,7 +14,7 @@ import numpy as np
 
 from .sampling import SamplingParams, probabilities, sample
 from .session import Session
-from .policy import CostAwareLength, DraftLength
+from .policy import CostAwareLength, DraftLength, expected_tokens
 from .tree import DraftTree
 from .verify import Verdict
 
@@ -251,7 +251,11 @@ def _auto(gen, params):
             # Siblings of the chain cost verify width: worth it only where width is nearly free
             # (measured on a 2-core CPU: every extra token costs ~25% of a pass, and trees lost).
             model.tree = model.tree and profile.cost(8) <= 1.5 * profile.cost(1)
-    return AutoDrafter(lookup, model, verify_ms)
+    auto = AutoDrafter(lookup, model, verify_ms)
+    if model is not None and verify_ms is not None:
+        from ..devices.profile import QUICK_SIZES, load_or_measure
+        auto.draft_prefill_ms = load_or_measure(gen.draft, sizes=QUICK_SIZES).cost(8) / 8
+    return auto
 
 
 def _measured_length(gen):
@@ -282,6 +286,8 @@ class AutoDrafter:
 
     name = "auto"
     PRIORS = {"long": 0.9, "short": 0.6}  # per-token acceptance before any evidence
+    CATCH_UP_PASSES = 4
+    draft_prefill_ms: float | None = None  # per token fed in a batch (profile: cost(8) / 8)
 
     def __init__(self, lookup, model=None, verify_ms: Callable[[int], float] | None = None,
                  probe_every: int = 8, decay: float = 0.9, priors: dict | None = None):
@@ -316,13 +322,33 @@ class AutoDrafter:
                 self.choices[kind] += 1
                 self._proposed_at = time.perf_counter()
                 return tree
-        if self.model is None:
+        if self.model is None or not self._model_pays(context):
             self.chosen = None
             self.choices["none"] += 1
             return DraftTree(context[-1])
         self.chosen = (self.model, "model")
         self.choices["model"] += 1
         return self.model.propose(context, budget)
+
+    def _model_pays(self, context) -> bool:
+        """Whether the model beats a plain pass once its catch-up is counted.
+
+        After a run of lookup passes the draft is behind by every token they
+        accepted, and feeding those is a prefill paid now, for the few model
+        passes likely before lookup takes over again (`CATCH_UP_PASSES`).
+        The draft's first sync, the prompt, is not counted: fresh text needs it.
+        """
+        if self.verify_ms is None or self.draft_prefill_ms is None or not self.model.session.history:
+            return True
+        session = self.model.session
+        lag = len(context) - (self.model._offset or 0) - len(session.history)
+        length = self.model.length
+        k = length.k
+        if lag <= 4 or k == 0:
+            return True
+        catch_up = lag * self.draft_prefill_ms / self.CATCH_UP_PASSES
+        rate = expected_tokens(length.acceptance, k) / (k * length.draft_ms + length.verify_ms(k + 1) + catch_up)
+        return rate >= 1.0 / length.verify_ms(1)
 
     def _prefer_lookup(self, kind: str, tree: DraftTree) -> bool:
         """Whether lookup drafts this pass (cutting `tree` to its best depth in place)."""

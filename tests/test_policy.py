@@ -94,10 +94,10 @@ class _Stub:
         pass
 
 
-def _pass(auto, lookup_accepts):
+def _pass(auto, lookup_accepts, context=(1, 2, 3)):
     """One pass: lookup's proposals get `lookup_accepts` tokens accepted, the model's all."""
     from types import SimpleNamespace
-    tree = auto.propose([1, 2, 3], 8)
+    tree = auto.propose(list(context), 8)
     accepted = len(tree) - 1 if auto.chosen[1] == "model" else min(lookup_accepts, len(tree) - 1)
     auto.observe(SimpleNamespace(num_accepted=accepted), tree)
     return auto.chosen[1]
@@ -123,6 +123,25 @@ def test_auto_follows_what_each_drafter_delivers():
     assert auto.acceptance("long") < 0.5
     lookup.last_match = 2  # short matches have their own, lower estimate: the model drafts
     assert _pass(auto, 0) == "model"
+
+
+def test_auto_counts_the_drafts_catch_up_after_lookup_runs():
+    """After lookup passes the draft is behind; feeding a long lag costs more than a model pass
+    brings, so auto takes a plain pass, while a short lag (or the first sync) lets the model draft."""
+    from types import SimpleNamespace
+    from edgespec.runtime.drafters import AutoDrafter
+    model = _Stub([7, 8, 9], length=CostAwareLength(_cpu_verify, draft_ms=12.0, prior=0.9, cost_decay=1.0))
+    model.session, model._offset = SimpleNamespace(history=[]), 0
+    auto = AutoDrafter(_Stub([]), model, _cpu_verify)
+    auto.draft_prefill_ms = 3.3
+    context = list(range(300))
+    assert _pass(auto, 0, context) == "model"  # never synced: the prompt prefill is not counted
+    model.session.history = context[:296]
+    assert _pass(auto, 0, context) == "model"  # 4 tokens behind
+    model.length = CostAwareLength(_cpu_verify, draft_ms=12.0, prior=0.9, cost_decay=1.0)
+    model.session.history = context[:200]
+    tree = auto.propose(context, 8)  # 100 behind: 330 ms of catch-up over 4 passes
+    assert len(tree) == 1 and auto.chosen is None and auto.choices["none"] == 1
 
 
 def test_auto_without_profiles_takes_lookup_first():
