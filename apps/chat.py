@@ -50,8 +50,9 @@ class Reply:
         try:
             for chunk in stream:
                 self.text += chunk.text
-                if chunk.text:
-                    yield chunk.text
+                # Every step yields, text or not: a consumer checks for Ctrl-C between pieces,
+                # and tokens without visible text (specials, half a character) can run long.
+                yield chunk.text
             early = ""
         except Exception:
             early = "error"

@@ -48,6 +48,8 @@ class Renderer:
         self.code = None  # rich Syntax of the open code block
 
     def feed(self, text: str) -> None:
+        if not text:
+            return
         if not self.color:
             self.out.write(text)
         else:
