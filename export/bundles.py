@@ -36,7 +36,6 @@ def bundle_path(ref: str | Path, recipe: Recipe | None = None) -> Path:
         print(f"preparing {preset.name} ({recipe.precision}) in {out} (first use)", file=sys.stderr)
         export(preset.name, out, ExportOptions(recipe=recipe, role=preset.role, force=True))
     else:
-        from .pipeline import DEFAULT_DRAFT_VOCAB
         from .upgrade import upgrade
-        upgrade(out, DEFAULT_DRAFT_VOCAB if preset.role == "draft" else None)
+        upgrade(out)
     return out

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 from onnx import numpy_helper
-from onnx.external_data_helper import set_external_data
+from onnx.external_data_helper import load_external_data_for_tensor, set_external_data
 
 from .last_logits import lm_head
 from .manifest import Manifest
@@ -32,6 +32,14 @@ DRAFT_MODEL = "model.draft.onnx"
 DRAFT_DATA = "draft_head.data"
 DRAFT_VOCAB = "draft_vocab.npy"
 CORPUS_BYTES = 4_000_000  # ~1M tokens: enough to rank the 32k most frequent
+DEFAULT_SIZE = 32768  # the 32k most frequent of the 152k Qwen tokens
+
+
+def default_size(manifest: Manifest) -> int | None:
+    """The head a bundle gets unless told otherwise: drafts with a large vocabulary only."""
+    if manifest.role == "draft" and manifest.vocab_size > 2 * DEFAULT_SIZE:
+        return DEFAULT_SIZE
+    return None
 
 
 def corpus_files(limit: int = CORPUS_BYTES) -> list[Path]:
@@ -138,19 +146,13 @@ def _added_tokens(bundle: Path) -> list[int]:
 
 
 def _read(bundle: Path, tensor: onnx.TensorProto) -> np.ndarray:
-    if tensor.data_location == onnx.TensorProto.EXTERNAL:
-        info = {e.key: e.value for e in tensor.external_data}
-        count = int(info["length"])
-        with open(bundle / info["location"], "rb") as f:
-            f.seek(int(info.get("offset", 0)))
-            raw = f.read(count)
-        copy = onnx.TensorProto()
-        copy.CopyFrom(tensor)
-        copy.ClearField("external_data")
+    copy = onnx.TensorProto()
+    copy.CopyFrom(tensor)
+    if copy.data_location == onnx.TensorProto.EXTERNAL:
+        load_external_data_for_tensor(copy, str(bundle))  # fills raw_data
         copy.data_location = onnx.TensorProto.DEFAULT
-        copy.raw_data = raw
-        return numpy_helper.to_array(copy)
-    return numpy_helper.to_array(tensor)
+        del copy.external_data[:]
+    return numpy_helper.to_array(copy)
 
 
 def _slice_rows(array: np.ndarray, ids: np.ndarray, head: onnx.NodeProto, slot: int):

@@ -27,7 +27,7 @@ from .manifest import Manifest
 from .parity import parity_report
 from .tokenizer_files import copy_tokenizer, stop_token_ids, tokenizer_sha256
 from . import last_logits
-from .draft_vocab import write_draft_head
+from .draft_vocab import default_size, write_draft_head
 from .tree_attention import rewrite_file
 
 DEFAULT_MAX_CONTEXT = 4096
@@ -43,10 +43,7 @@ class ExportOptions:
     parity: bool = True
     threads: int | None = None
     layers: str | None = None  # keep only these decoder layers ("0-19"): a self-speculation draft
-    draft_vocab: int | None = None  # add a frequent-token draft head of this many rows (drafts: 32768)
-
-
-DEFAULT_DRAFT_VOCAB = 32768  # the 32k most frequent of the 152k Qwen tokens (measured: see draft_vocab.py)
+    draft_vocab: int | None = None  # rows of a frequent-token draft head (None: draft_vocab.default_size)
 
 
 def check_output_dir(out: Path, force: bool) -> None:
@@ -93,12 +90,11 @@ def export(source: str, out: str | Path, options: ExportOptions | None = None) -
         bar.set_postfix_str(stages[3])
         copy_tokenizer(resolved.hf_dir, bundle)
         manifest = _manifest(resolved, bundle, recipe, options, source)
+        manifest.inputs["num_logits"] = last_logits.NUM_LOGITS
         manifest.layers_kept = kept
         if kept is not None and options.role is None:
             manifest.role = "draft"
-        draft_vocab = options.draft_vocab
-        if draft_vocab is None and manifest.role == "draft" and manifest.vocab_size > 2 * DEFAULT_DRAFT_VOCAB:
-            draft_vocab = DEFAULT_DRAFT_VOCAB
+        draft_vocab = options.draft_vocab if options.draft_vocab is not None else default_size(manifest)
         if draft_vocab:
             manifest.draft_head = write_draft_head(bundle, manifest, draft_vocab)
         bar.update()
@@ -164,7 +160,6 @@ def _manifest(resolved, bundle: Path, recipe: Recipe, options: ExportOptions, op
         eos_token_ids=stop_token_ids(bundle, tok),
         bos_token_id=tok.bos_token_id,
         genai_model_file="model.genai.onnx",
-        inputs={**Manifest.__dataclass_fields__["inputs"].default_factory(), "num_logits": last_logits.NUM_LOGITS},
     )
 
 

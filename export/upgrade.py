@@ -13,12 +13,12 @@ from pathlib import Path
 import onnx
 
 from . import last_logits
-from .draft_vocab import write_draft_head
+from .draft_vocab import default_size, write_draft_head
 from .manifest import read_manifest
 
 
-def upgrade(bundle: Path, draft_vocab: int | None = None) -> bool:
-    """Add `num_logits` (and a draft head of `draft_vocab` rows); return whether anything changed."""
+def upgrade(bundle: Path) -> bool:
+    """Add `num_logits` (and the draft head a draft gets by default); return whether anything changed."""
     bundle = Path(bundle)
     manifest = read_manifest(bundle)
     changed = False
@@ -28,6 +28,7 @@ def upgrade(bundle: Path, draft_vocab: int | None = None) -> bool:
             last_logits.rewrite_file(bundle / manifest.model_file)
         manifest.inputs["num_logits"] = last_logits.NUM_LOGITS
         changed = True
+    draft_vocab = default_size(manifest)
     if draft_vocab and not manifest.draft_head:
         from ..quant.quality import bundle_bytes
         manifest.draft_head = write_draft_head(bundle, manifest, draft_vocab)

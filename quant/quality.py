@@ -193,8 +193,9 @@ def quality_report(bundle: str | Path, reference=None, windows: int = DEFAULT_WI
 def bundle_bytes(bundle: Path, manifest: Manifest) -> int:
     """Size on disk of the graph and its weights (model.onnx*, and a draft head's files),
     as export records it."""
+    from ..export.draft_vocab import DRAFT_DATA
     head = manifest.draft_head or {}
-    extra = {head.get("model_file"), head.get("vocab_file"), "draft_head.data"} if head else set()
+    extra = {head.get("model_file"), head.get("vocab_file"), DRAFT_DATA} if head else set()
     return sum(f.stat().st_size for f in Path(bundle).iterdir()
                if f.name.startswith(manifest.model_file) or f.name in extra)
 

@@ -240,31 +240,18 @@ def _auto(gen, params):
     verify curve does not give away. So each pass picks one (see AutoDrafter).
     """
     lookup = _ngram(gen, params)
-    model = _model(gen, params) if gen.draft is not None else None
-    verify_ms = None
-    if gen.use_profiles:
-        from ..devices.profile import QUICK_SIZES, load_or_measure
-        profile = load_or_measure(gen.target, sizes=QUICK_SIZES)
-        verify_ms = profile.cost
-        if model is not None:
-            model.length = _measured_length(gen)  # cached profiles, or measured now
-            # Siblings of the chain cost verify width: worth it only where width is nearly free
-            # (measured on a 2-core CPU: every extra token costs ~25% of a pass, and trees lost).
-            model.tree = model.tree and profile.cost(8) <= 1.5 * profile.cost(1)
-    auto = AutoDrafter(lookup, model, verify_ms)
-    if model is not None and verify_ms is not None:
-        from ..devices.profile import QUICK_SIZES, load_or_measure
-        auto.draft_prefill_ms = load_or_measure(gen.draft, sizes=QUICK_SIZES).cost(8) / 8
-    return auto
-
-
-def _measured_length(gen):
-    """Cost-aware draft length from device profiles, measured now if missing (passes of
-    1-8 tokens, a few seconds, cached as `edgespec devices --profile` would)."""
+    if not gen.use_profiles:
+        return AutoDrafter(lookup, _model(gen, params) if gen.draft is not None else None)
     from ..devices.profile import QUICK_SIZES, load_or_measure
-    target = load_or_measure(gen.target, sizes=QUICK_SIZES)
+    target = load_or_measure(gen.target, sizes=QUICK_SIZES)  # cached, or measured now (seconds)
+    if gen.draft is None:
+        return AutoDrafter(lookup, None, target.cost)
     draft = load_or_measure(gen.draft, sizes=QUICK_SIZES)
-    return CostAwareLength(target.cost, draft.cost(1))
+    # Siblings of the chain cost verify width: worth it only where width is nearly free
+    # (measured on a 2-core CPU: every extra token costs ~25% of a pass, and trees lost).
+    tree = gen.tree and target.cost(8) <= 1.5 * target.cost(1)
+    model = ModelDrafter(gen.draft, params, tree=tree, length=CostAwareLength(target.cost, draft.cost(1)))
+    return AutoDrafter(lookup, model, target.cost, draft_prefill_ms=draft.cost(8) / 8)
 
 
 class AutoDrafter:
@@ -287,11 +274,13 @@ class AutoDrafter:
     name = "auto"
     PRIORS = {"long": 0.9, "short": 0.6}  # per-token acceptance before any evidence
     CATCH_UP_PASSES = 4
-    draft_prefill_ms: float | None = None  # per token fed in a batch (profile: cost(8) / 8)
 
     def __init__(self, lookup, model=None, verify_ms: Callable[[int], float] | None = None,
-                 probe_every: int = 8, decay: float = 0.9, priors: dict | None = None):
+                 probe_every: int = 8, decay: float = 0.9, priors: dict | None = None,
+                 draft_prefill_ms: float | None = None):
+        """draft_prefill_ms: the draft's cost per token fed in a batch (profile: cost(8) / 8)."""
         self.lookup, self.model, self.verify_ms = lookup, model, verify_ms
+        self.draft_prefill_ms = draft_prefill_ms
         self.probe_every, self.decay = probe_every, decay
         # kind -> [trials, successes], one pseudo-trial of the prior
         self.evidence = {k: [1.0, r] for k, r in (priors or self.PRIORS).items()}
@@ -304,8 +293,7 @@ class AutoDrafter:
         return successes / trials
 
     def _rate(self, r: float, depth: int, nodes: int) -> float:
-        tokens = (1 - r ** (depth + 1)) / (1 - r) if r < 1 else depth + 1.0
-        return tokens / self.model.length.verify_ms(nodes + 1)
+        return expected_tokens(r, depth) / self.model.length.verify_ms(nodes + 1)
 
     def best_depth(self, kind: str, most: int) -> int:
         """The lookup chain length with the most expected tokens per ms for this kind."""
@@ -343,12 +331,10 @@ class AutoDrafter:
         session = self.model.session
         lag = len(context) - (self.model._offset or 0) - len(session.history)
         length = self.model.length
-        k = length.k
-        if lag <= 4 or k == 0:
+        if lag <= 4 or length.k == 0:
             return True
         catch_up = lag * self.draft_prefill_ms / self.CATCH_UP_PASSES
-        rate = expected_tokens(length.acceptance, k) / (k * length.draft_ms + length.verify_ms(k + 1) + catch_up)
-        return rate >= 1.0 / length.verify_ms(1)
+        return length.rate(length.k, extra_ms=catch_up) >= length.rate(0)
 
     def _prefer_lookup(self, kind: str, tree: DraftTree) -> bool:
         """Whether lookup drafts this pass (cutting `tree` to its best depth in place)."""

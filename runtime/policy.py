@@ -64,9 +64,9 @@ class CostAwareLength:
     def verify_ms(self, s: int) -> float:
         return self.verify_scale * self.profile_ms(s)
 
-    def rate(self, k: int) -> float:
-        """Expected tokens per ms with k drafted tokens."""
-        return expected_tokens(self.acceptance, k) / (k * self.draft_ms + self.verify_ms(k + 1))
+    def rate(self, k: int, extra_ms: float = 0.0) -> float:
+        """Expected tokens per ms with k drafted tokens (and `extra_ms` more work per pass)."""
+        return expected_tokens(self.acceptance, k) / (k * self.draft_ms + self.verify_ms(k + 1) + extra_ms)
 
     def best_k(self) -> int:
         return max(range(self.k_max + 1), key=self.rate)

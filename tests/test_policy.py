@@ -132,8 +132,7 @@ def test_auto_counts_the_drafts_catch_up_after_lookup_runs():
     from edgespec.runtime.drafters import AutoDrafter
     model = _Stub([7, 8, 9], length=CostAwareLength(_cpu_verify, draft_ms=12.0, prior=0.9, cost_decay=1.0))
     model.session, model._offset = SimpleNamespace(history=[]), 0
-    auto = AutoDrafter(_Stub([]), model, _cpu_verify)
-    auto.draft_prefill_ms = 3.3
+    auto = AutoDrafter(_Stub([]), model, _cpu_verify, draft_prefill_ms=3.3)
     context = list(range(300))
     assert _pass(auto, 0, context) == "model"  # never synced: the prompt prefill is not counted
     model.session.history = context[:296]
