@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Callable, NamedTuple, Sequence
 
 from ..export.errors import EdgespecError
+from ..runtime.memory import peak_rss_mb
 
 EDGESPEC_MODES = ("plain", "chain", "tree", "ngram", "auto", "mixed", "recycle")
 GENAI_MODES = ("genai", "genai-spec", "genai-ngram")
@@ -394,7 +395,7 @@ def run_suite(target: str | Path, draft: str | Path | None = None, modes: Sequen
         "unsupported": unsupported,
         "prompts": rows,
         "categories": _categories(rows, [m for m in modes if m in runners]),
-        "peak_rss_mb": _peak_rss_mb(),
+        "peak_rss_mb": peak_rss_mb(),
     }
 
 
@@ -493,14 +494,3 @@ def _meta(target: Path, draft: Path | None, modes, threads, max_tokens, repeats,
             "genai_ngram_size": GENAI_NGRAM_SIZE, "versions": versions,
             "platform": platform.platform(), "cpu_count": os.cpu_count(),
             "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-
-
-def _peak_rss_mb() -> float:
-    """Peak resident memory of this process (ru_maxrss where the OS has it, else current RSS)."""
-    try:
-        import resource
-        kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return kb / 1024 / (1024 if sys.platform == "darwin" else 1)
-    except ImportError:
-        import psutil
-        return psutil.Process().memory_info().rss / 2**20

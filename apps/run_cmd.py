@@ -70,3 +70,16 @@ def run_command(prompt, target, draft, drafter, tree, budget, threads, provider,
         sys.stdout.flush()
     sys.stdout.write("\n")
     click.echo(stats.summary(), err=True)
+    click.echo(memory_summary(gen), err=True)
+
+
+def memory_summary(gen) -> str:
+    """Peak RSS against what the models must hold: their bundles and full-context KV caches."""
+    from ..quant.quality import bundle_bytes
+    from ..runtime.memory import peak_rss_mb
+    sessions = [s for s in (gen.target, gen.draft) if s is not None]
+    bundles = sum(bundle_bytes(s.path, s.manifest) for s in sessions) / 2**20
+    kv = sum(s.cache.nbytes for s in sessions) / 2**20
+    peak = peak_rss_mb()
+    return (f"memory: peak RSS {peak:.0f} MiB = {peak / (bundles + kv):.2f}x "
+            f"(bundles {bundles:.0f} MiB + KV cache {kv:.0f} MiB)")

@@ -12,6 +12,7 @@ import numpy as np
 from ..export.errors import EdgespecError
 from . import drafters
 from .detok import Detokenizer
+from .memory import trim_heap
 from .sampling import SamplingParams
 from .scheduler import Timing, decode_steps
 from .session import Session, SessionOptions
@@ -119,6 +120,7 @@ class Generator:
         self.tokenizer = BundleTokenizer(target.path)
         self.eos = set(target.manifest.eos_token_ids)
         self.recycler = None  # token recycling's table outlives a call: it is knowledge about the model
+        trim_heap()  # reading the tokenizer left freed heap behind
 
     def _drafter(self, params: SamplingParams):
         if self.drafter_name == "none":

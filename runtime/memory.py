@@ -1,0 +1,106 @@
+"""Resident memory: what a session keeps after loading, and KV pages on demand.
+
+ONNX Runtime prepacks every int4 MatMul into its own buffer at load time. What
+it leaves behind is memory the process no longer needs but still holds:
+the pages of the weight file that prepacking read (the file stays mapped
+for the initializers that are not prepacked), and heap freed by the loader
+that glibc does not hand back on its own. Dropping both costs nothing: a
+dropped file page is read again from the page cache if it is ever touched.
+
+A KV cache preallocated to the full context should cost memory only for the
+rows in use. numpy asks for transparent huge pages on big arrays, which makes
+the first row of every layer's buffer resident as a 2 MB page; an anonymous
+mapping without that advice is resident 4 KB at a time.
+
+All of it is Linux-only; elsewhere these helpers change nothing.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import functools
+import mmap
+import sys
+from pathlib import Path
+
+import numpy as np
+
+_MADV_DONTNEED = 4
+
+
+def zeroed(shape, dtype) -> np.ndarray:
+    """A zero-filled array whose pages become resident only when written."""
+    dtype = np.dtype(dtype)
+    nbytes = int(np.prod(shape)) * dtype.itemsize
+    if not sys.platform.startswith("linux") or nbytes == 0:
+        return np.zeros(shape, dtype)
+    buf = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    if hasattr(mmap, "MADV_NOHUGEPAGE"):
+        buf.madvise(mmap.MADV_NOHUGEPAGE)
+    return np.frombuffer(buf, dtype).reshape(shape)  # the array holds the mapping alive
+
+
+@functools.cache
+def _libc():
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+        return libc
+    except OSError:
+        return None
+
+
+def clean_mappings(files) -> list[tuple[int, int]]:
+    """Address ranges of `files` mapped in this process with no page written to.
+
+    Only such ranges are safe to drop: a private mapping's written pages are
+    anonymous copies that exist nowhere else; the others are the file's own bytes.
+    """
+    names = {str(Path(f).resolve()) for f in files}
+    ranges, current, written = [], None, 0
+    try:
+        lines = Path("/proc/self/smaps").read_text().splitlines()
+    except OSError:
+        return []
+    for line in lines + ["00-00 ---p 0 0:0 0"]:  # a sentinel closes the last entry
+        head = line.split()
+        if "-" in head[0] and len(head) >= 5 and not head[0].endswith(":"):
+            if current is not None and written == 0:
+                ranges.append(current)
+            start, end = (int(x, 16) for x in head[0].split("-"))
+            current = (start, end) if len(head) >= 6 and head[5] in names else None
+            written = 0
+        elif head[0] == "Anonymous:" and current is not None:  # copy-on-write pages
+            written += int(head[1])
+    return ranges
+
+
+def release_after_load(files) -> None:
+    """Give back what loading a session left resident: the weight files' read pages and freed heap."""
+    libc = _libc()
+    if libc is None:
+        return
+    for start, end in clean_mappings(files):
+        libc.madvise(start, end - start, _MADV_DONTNEED)
+    trim_heap()
+
+
+def trim_heap() -> None:
+    """Hand heap pages that were freed back to the OS (glibc keeps them otherwise)."""
+    libc = _libc()
+    if libc is not None and hasattr(libc, "malloc_trim"):  # glibc
+        libc.malloc_trim(0)
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process in MiB (ru_maxrss where the OS has it)."""
+    try:
+        import resource
+        kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return kb / 1024 / (1024 if sys.platform == "darwin" else 1)
+    except ImportError:
+        import psutil
+        return psutil.Process().memory_info().rss / 2**20

@@ -1,0 +1,36 @@
+"""Memory helpers: KV pages on demand, and dropping only file pages nobody wrote."""
+
+import mmap
+import sys
+
+import numpy as np
+import pytest
+
+from edgespec.runtime.memory import clean_mappings, release_after_load, zeroed
+
+linux = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/smaps")
+
+
+def test_zeroed_is_a_writable_zero_array():
+    a = zeroed((2, 3, 4096), np.float32)
+    assert a.shape == (2, 3, 4096) and a.dtype == np.float32 and not a.any()
+    a[1, 2, 7] = 5.0
+    assert a.sum() == 5.0
+
+
+@linux
+def test_only_unwritten_mappings_count_as_clean(tmp_path):
+    path = tmp_path / "weights.data"
+    path.write_bytes(bytes(range(256)) * 64)  # 16 KB
+    with open(path, "rb") as f:
+        clean = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)  # private, writable, like ORT's
+        dirty = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+    assert clean[100] == 100 and dirty[100] == 100
+    dirty[5] = 0  # a copy-on-write page now exists only in this process
+    starts = [start for start, _ in clean_mappings([path])]
+    assert len(starts) == 1  # the written mapping is never offered for dropping
+    release_after_load([path])
+    assert clean[:256] == bytes(range(256))  # dropped pages read back from the file
+    assert dirty[5] == 0 and dirty[6] == 6  # the written mapping kept its write
+    clean.close()
+    dirty.close()
