@@ -103,6 +103,14 @@ class ModelDrafter:
         self.session.reset()
         self._offset = None
 
+    def lag(self, context: Sequence[int]) -> int:
+        """Context tokens the draft has not read yet."""
+        return len(context) - (self._offset or 0) - len(self.session.history)
+
+    def catch_up(self, context: Sequence[int]) -> int:
+        """Tokens the draft's next proposal must feed before drafting (at most `window`)."""
+        return min(self.lag(context), self.window or len(context))
+
     def propose(self, context: Sequence[int], budget: int) -> DraftTree:
         started = time.perf_counter()
         tree = DraftTree(context[-1])
@@ -112,7 +120,9 @@ class ModelDrafter:
             self._depth, self._step_ms = 0, None
             self._proposed_at = time.perf_counter()
             return tree
-        if self._offset is None:
+        if self._offset is None or self.lag(context) > (self.window or len(context)):
+            # First call, or far behind after passes other drafters drafted: feeding `window`
+            # recent tokens afresh costs less than catching up on all of them.
             self._offset = max(0, len(context) - self.window) if self.window else 0
         logits = self.session.sync(context[self._offset:])  # [V] draft logits after the context
         self._steps = 1
@@ -328,8 +338,7 @@ class AutoDrafter:
         """
         if self.verify_ms is None or self.draft_prefill_ms is None or not self.model.session.history:
             return True
-        session = self.model.session
-        lag = len(context) - (self.model._offset or 0) - len(session.history)
+        lag = self.model.catch_up(context)
         length = self.model.length
         if lag <= 4 or length.k == 0:
             return True

@@ -1,4 +1,4 @@
-"""Resident memory: what a session keeps after loading, and KV pages on demand.
+"""Resident memory: what a session keeps after loading.
 
 ONNX Runtime prepacks every int4 MatMul into its own buffer at load time. What
 it leaves behind is memory the process no longer needs but still holds:
@@ -6,11 +6,6 @@ the pages of the weight file that prepacking read (the file stays mapped
 for the initializers that are not prepacked), and heap freed by the loader
 that glibc does not hand back on its own. Dropping both costs nothing: a
 dropped file page is read again from the page cache if it is ever touched.
-
-A KV cache preallocated to the full context should cost memory only for the
-rows in use. numpy asks for transparent huge pages on big arrays, which makes
-the first row of every layer's buffer resident as a 2 MB page; an anonymous
-mapping without that advice is resident 4 KB at a time.
 
 All of it is Linux-only; elsewhere these helpers change nothing.
 """
@@ -20,25 +15,11 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
-import mmap
 import sys
 from pathlib import Path
 
-import numpy as np
 
 _MADV_DONTNEED = 4
-
-
-def zeroed(shape, dtype) -> np.ndarray:
-    """A zero-filled array whose pages become resident only when written."""
-    dtype = np.dtype(dtype)
-    nbytes = int(np.prod(shape)) * dtype.itemsize
-    if not sys.platform.startswith("linux") or nbytes == 0:
-        return np.zeros(shape, dtype)
-    buf = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    if hasattr(mmap, "MADV_NOHUGEPAGE"):
-        buf.madvise(mmap.MADV_NOHUGEPAGE)
-    return np.frombuffer(buf, dtype).reshape(shape)  # the array holds the mapping alive
 
 
 @functools.cache

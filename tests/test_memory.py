@@ -1,21 +1,13 @@
-"""Memory helpers: KV pages on demand, and dropping only file pages nobody wrote."""
+"""Memory helpers: dropping only the file pages nobody wrote."""
 
 import mmap
 import sys
 
-import numpy as np
 import pytest
 
-from edgespec.runtime.memory import clean_mappings, release_after_load, zeroed
+from edgespec.runtime.memory import clean_mappings, release_after_load
 
 linux = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/smaps")
-
-
-def test_zeroed_is_a_writable_zero_array():
-    a = zeroed((2, 3, 4096), np.float32)
-    assert a.shape == (2, 3, 4096) and a.dtype == np.float32 and not a.any()
-    a[1, 2, 7] = 5.0
-    assert a.sum() == 5.0
 
 
 @linux
