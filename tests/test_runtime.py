@@ -297,3 +297,37 @@ def test_windowed_draft_stays_lossless(target, draft):
     ids = gen.encode(PROMPT)
     assert drafter._offset == len(ids) + 1 - 4  # fixed at the first proposal: prompt + first token
     assert draft.history == (ids + out)[drafter._offset:drafter._offset + len(draft.history)]
+
+
+def test_draft_far_behind_restarts_from_its_window(target, draft):
+    """When other drafters drafted many passes, the model drafter reads the last `window`
+    tokens afresh instead of all it missed, and output stays plain greedy's."""
+    plain = _greedy(Generator(target))
+    gen = Generator(target, draft, tree=False, drafter="model")
+    params = SamplingParams()
+    drafter = ModelDrafter(draft, params, window=4)
+    ids = gen.encode(PROMPT)
+
+    class EveryTenthPass:  # the model drafts one pass in ten; the others are plain passes
+        def __init__(self):
+            self.passes = 0
+
+        def propose(self, context, budget):
+            self.passes += 1
+            if self.passes % 10 == 1:
+                return drafter.propose(context, budget)
+            return DraftTree(context[-1])
+
+        def observe(self, verdict, tree=None, logits=None):
+            if self.passes % 10 == 1:
+                drafter.observe(verdict, tree, logits)
+
+    out, offsets = [], set()
+    for step in decode_steps(target, ids, params, EveryTenthPass(), budget=4):
+        out.extend(step.tokens)
+        offsets.add(drafter._offset)
+        if len(out) >= 48:
+            break
+    assert out[:48] == plain.token_ids
+    assert len(offsets) > 2  # it restarted more than once
+    assert len(draft.history) <= 4 + 4  # its window plus one proposal's tokens, not all it missed
