@@ -80,12 +80,15 @@ class ModelDrafter:
     def __init__(self, session: Session, params: SamplingParams = SamplingParams(), tree: bool = False,
                  length: DraftLength | None = None, min_confidence: float = 0.3,
                  branch_width: int = 2, branch_min_prob: float = 0.1, rng: np.random.Generator | None = None,
-                 window: int | None = 128):
+                 window: int | None = 128, rejoin: int = 32):
         """window: the draft reads only the last `window` tokens of the prompt (and everything
         after it): its prefill is paid in decode time, and a draft only has to guess the next
-        few tokens. None: the whole prompt."""
+        few tokens. None: the whole prompt.
+        rejoin: when other drafters drafted so many passes that the draft is more than this
+        many tokens behind, it restarts from the last `rejoin` tokens instead of reading all
+        it missed, so auto's catch-up cost is bounded (0.1 s for the 0.5B)."""
         self.session = session
-        self.window = window
+        self.window, self.rejoin = window, rejoin
         self._offset: int | None = None  # context tokens the draft never sees, fixed per generation
         self._step_ms, self._proposed_at = None, time.perf_counter()
         self.params = params
@@ -108,8 +111,8 @@ class ModelDrafter:
         return len(context) - (self._offset or 0) - len(self.session.history)
 
     def catch_up(self, context: Sequence[int]) -> int:
-        """Tokens the draft's next proposal must feed before drafting (at most `window`)."""
-        return min(self.lag(context), self.window or len(context))
+        """Tokens the draft's next proposal must feed before drafting (at most `rejoin`)."""
+        return min(self.lag(context), self.rejoin)
 
     def propose(self, context: Sequence[int], budget: int) -> DraftTree:
         started = time.perf_counter()
@@ -120,10 +123,10 @@ class ModelDrafter:
             self._depth, self._step_ms = 0, None
             self._proposed_at = time.perf_counter()
             return tree
-        if self._offset is None or self.lag(context) > (self.window or len(context)):
-            # First call, or far behind after passes other drafters drafted: feeding `window`
-            # recent tokens afresh costs less than catching up on all of them.
+        if self._offset is None:
             self._offset = max(0, len(context) - self.window) if self.window else 0
+        elif self.lag(context) > self.rejoin:  # far behind after other drafters' passes
+            self._offset = len(context) - self.rejoin
         logits = self.session.sync(context[self._offset:])  # [V] draft logits after the context
         self._steps = 1
         node, used = 0, 0

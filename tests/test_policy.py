@@ -131,7 +131,7 @@ def test_auto_counts_the_drafts_catch_up_after_lookup_runs():
     from types import MethodType, SimpleNamespace
     from edgespec.runtime.drafters import AutoDrafter, ModelDrafter
     model = _Stub([7, 8, 9], length=CostAwareLength(_cpu_verify, draft_ms=12.0, prior=0.9, cost_decay=1.0))
-    model.session, model._offset, model.window = SimpleNamespace(history=[]), 0, 128
+    model.session, model._offset, model.rejoin = SimpleNamespace(history=[]), 0, 128
     model.lag = MethodType(ModelDrafter.lag, model)
     model.catch_up = MethodType(ModelDrafter.catch_up, model)
     auto = AutoDrafter(_Stub([]), model, _cpu_verify, draft_prefill_ms=3.3)
@@ -143,7 +143,7 @@ def test_auto_counts_the_drafts_catch_up_after_lookup_runs():
     model.session.history = context[:200]
     tree = auto.propose(context, 8)  # 100 behind: 330 ms of catch-up over 4 passes
     assert len(tree) == 1 and auto.chosen is None and auto.choices["none"] == 1
-    model.window = 16  # a draft that restarts from 16 recent tokens is never far behind
+    model.rejoin = 16  # a draft that restarts from 16 recent tokens is never far behind
     assert _pass(auto, 0, context) == "model"
 
 

@@ -300,12 +300,12 @@ def test_windowed_draft_stays_lossless(target, draft):
 
 
 def test_draft_far_behind_restarts_from_its_window(target, draft):
-    """When other drafters drafted many passes, the model drafter reads the last `window`
+    """When other drafters drafted many passes, the model drafter reads the last `rejoin`
     tokens afresh instead of all it missed, and output stays plain greedy's."""
     plain = _greedy(Generator(target))
     gen = Generator(target, draft, tree=False, drafter="model")
     params = SamplingParams()
-    drafter = ModelDrafter(draft, params, window=4)
+    drafter = ModelDrafter(draft, params, window=4, rejoin=4)
     ids = gen.encode(PROMPT)
 
     class EveryTenthPass:  # the model drafts one pass in ten; the others are plain passes
@@ -330,4 +330,4 @@ def test_draft_far_behind_restarts_from_its_window(target, draft):
             break
     assert out[:48] == plain.token_ids
     assert len(offsets) > 2  # it restarted more than once
-    assert len(draft.history) <= 4 + 4  # its window plus one proposal's tokens, not all it missed
+    assert len(draft.history) <= 4 + 4  # rejoin tokens plus one proposal's, not all it missed
