@@ -89,7 +89,7 @@ class ModelDrafter:
         it missed, so auto's catch-up cost is bounded (0.1 s for the 0.5B)."""
         self.session = session
         self.window, self.rejoin = window, rejoin
-        self._offset: int | None = None  # context tokens the draft skips: set by the first proposal, moved on a rejoin
+        self._offset: int | None = None  # context tokens the draft skips (first proposal; moved on rejoin)
         self._step_ms, self._proposed_at = None, time.perf_counter()
         self.params = params
         self.tree = tree
