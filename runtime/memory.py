@@ -1,4 +1,4 @@
-"""Resident memory: what a session keeps after loading.
+"""Resident memory: what a session keeps after loading, and the process's peak.
 
 ONNX Runtime prepacks every int4 MatMul into its own buffer at load time. What
 it leaves behind is memory the process no longer needs but still holds:
@@ -7,7 +7,7 @@ for the initializers that are not prepacked), and heap freed by the loader
 that glibc does not hand back on its own. Dropping both costs nothing: a
 dropped file page is read again from the page cache if it is ever touched.
 
-All of it is Linux-only; elsewhere these helpers change nothing.
+The release is Linux-only (glibc, /proc); elsewhere it changes nothing.
 """
 
 from __future__ import annotations
