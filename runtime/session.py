@@ -15,7 +15,7 @@ import numpy as np
 import onnxruntime as ort
 
 from ..export.manifest import Manifest, read_manifest
-from .memory import release_after_load
+from .memory import released_while_loading
 
 
 class KVCache:
@@ -128,9 +128,9 @@ class Session:
         self.providers = session_providers(options.provider)
         # Constant folding would copy a tied embedding's weights (the builder reshapes the LM
         # head's int4 blocks for the Gather): 116 MB more at load for the 1.5B, no speed gained.
-        self.sess = ort.InferenceSession(str(self.path / self.model_file), so, providers=self.providers,
-                                         disabled_optimizers=["ConstantFolding"])
-        release_after_load(self.path.glob("*.data"))
+        with released_while_loading(self.path.glob("*.data")):
+            self.sess = ort.InferenceSession(str(self.path / self.model_file), so, providers=self.providers,
+                                             disabled_optimizers=["ConstantFolding"])
         self.dtype = np.dtype(m.io_dtype)
         self.max_len = min(options.max_context or m.max_context, m.max_context)
         self.cache = KVCache(m.num_layers, m.num_kv_heads, m.head_dim, self.max_len, self.dtype)
