@@ -69,7 +69,10 @@ class ModelDrafter:
 
     The draft session's cache follows the context: before drafting, it is
     rewound to the longest prefix it shares with the context and fed the rest
-    (the first call prefills the prompt). A tree is the draft's chain plus, at
+    (the first call prefills the prompt). The chain stops where the length
+    policy says: a cost-aware one prices each token by the draft's confidence
+    in its path (up to k_max tokens); the heuristic one stops at k tokens or
+    when the confidence drops below `min_confidence`. A tree is the draft's chain plus, at
     each depth, the next most likely tokens as leaf siblings, kept while their
     path probability stays above `branch_min_prob` and the node budget lasts:
     the alternatives cost no extra draft step, only verify width.
@@ -117,7 +120,9 @@ class ModelDrafter:
     def propose(self, context: Sequence[int], budget: int) -> DraftTree:
         started = time.perf_counter()
         tree = DraftTree(context[-1])
-        depth = min(self.length.k, budget, self.session.max_len - len(context) - 1)
+        priced = hasattr(self.length, "worth_including")  # a cost-aware policy prices each token
+        most = self.length.k_max if priced and self.length.k else self.length.k
+        depth = min(most, budget, self.session.max_len - len(context) - 1)
         self._steps = 0
         if depth <= 0:
             self._depth, self._step_ms = 0, None
@@ -129,7 +134,7 @@ class ModelDrafter:
             self._offset = len(context) - self.rejoin
         logits = self.session.sync(context[self._offset:])  # [V] draft logits after the context
         self._steps = 1
-        node, used = 0, 0
+        node, used, path_prob = 0, 0, 1.0
         deterministic = self.params.greedy or self.tree
         width = 1 + (self.branch_width if self.tree else 0)
         for d in range(depth):
@@ -143,8 +148,11 @@ class ModelDrafter:
                 confidence = float(p.max())
             # Stop on the draft's confidence *before* drawing: a stop that looked at the drawn
             # token would change the proposal distribution q and bias sampled output.
-            if d > 0 and confidence < self.min_confidence:
+            if priced and not self.length.worth_including(d, path_prob * confidence):
                 break  # the draft is unsure: verifying more would mostly waste target work
+            if not priced and d > 0 and confidence < self.min_confidence:
+                break
+            path_prob *= confidence
             if deterministic:
                 token, q = int(order[0]), None
             else:
@@ -162,6 +170,8 @@ class ModelDrafter:
                     used += 1
             node = child
             if d + 1 == depth or used >= budget:
+                break
+            if priced and not self.length.worth_looking(d + 1, path_prob):
                 break
             logits = self.session.forward([token])[-1]
             self.session.history.append(token)

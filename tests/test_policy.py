@@ -68,6 +68,62 @@ def _cpu_verify(s):
     return Profile("cpu", "cpu", 2, 128, CPU_CURVE).cost(s)  # extrapolates past 8 tokens
 
 
+def test_confidence_prices_each_drafted_token():
+    """A token is verified while the draft's confidence in its path pays for one more verified
+    token; another draft step is taken only while the path so far could pay for it too."""
+    policy = CostAwareLength(verify_ms=_cpu_verify, draft_ms=10.0, prior=0.85)
+    per_token = policy.ms_per_token()
+    assert 20 < per_token < 40  # the chain's expected ms per emitted token on this curve
+    added = [_cpu_verify(d + 2) - _cpu_verify(d + 1) for d in range(4)]  # 4, 12, 10, 11.75 ms
+    for depth in range(4):
+        assert policy.worth_including(depth, 0.99)
+        assert not policy.worth_including(depth, 0.9 * added[depth] / per_token)
+        assert policy.worth_including(depth, 1.1 * added[depth] / per_token)
+    assert policy.worth_looking(1, 0.99)
+    assert not policy.worth_looking(1, 0.6)  # 0.6 * 0.85 * ~28 ms < 10 ms step + 12 ms verify
+
+
+class _ConfidenceSession:
+    """A draft session stub whose next-token distribution has a given top probability per
+    position: token i+1 follows token i with probability confidence[i]."""
+
+    def __init__(self, confidence, vocab=64):
+        self.confidence, self.vocab = confidence, vocab
+        self.history, self.max_len, self.logit_ids, self.vocab_size, self.last_fed = [], 1000, None, vocab, 1
+
+    def _logits(self, position):
+        import numpy as np
+        c = self.confidence[min(position, len(self.confidence) - 1)]
+        p = np.full(self.vocab, (1 - c) / (self.vocab - 1))
+        p[(position + 1) % self.vocab] = c
+        return np.log(p).astype(np.float32)
+
+    def sync(self, tokens):
+        self.history = list(tokens)
+        return self._logits(len(tokens) - 1)
+
+    def forward(self, tokens):
+        return self._logits(len(self.history))[None]
+
+    def reset(self):
+        self.history = []
+
+
+def test_model_chain_runs_while_confident_and_stops_where_unsure():
+    """The cost-aware chain is not cut at the policy's k: six confident tokens are drafted, and
+    it stops at the first token the draft is unsure of — before drafting it."""
+    from edgespec.runtime.drafters import ModelDrafter
+    sure, unsure = 0.995, 0.1
+    session = _ConfidenceSession([sure] * 6 + [unsure] * 10)
+    policy = CostAwareLength(verify_ms=_cpu_verify, draft_ms=2.0, prior=0.85, k_max=10)
+    drafter = ModelDrafter(session, length=policy, window=None)
+    assert policy.k < 6
+    tree = drafter.propose([0], budget=16)
+    assert list(tree.tokens[1:]) == [1, 2, 3, 4, 5, 6]
+    session = _ConfidenceSession([unsure] * 10)
+    assert len(ModelDrafter(session, length=policy, window=None).propose([0], budget=16)) == 1  # root only
+
+
 class _Stub:
     """A drafter proposing a fixed chain; as lookup it reports the n-gram it followed."""
 
