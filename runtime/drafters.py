@@ -292,11 +292,19 @@ class AutoDrafter:
     estimate can recover when the text changes (edits start with fresh prose,
     then copy). Without a profile: lookup when it has a proposal, else the
     model. `choices` counts passes per kind.
+
+    Entering the model costs a prefill (its prompt window, or `rejoin` recent
+    tokens after a long run of lookup passes): 0.3 s for the 0.5B's 128-token
+    window, a tenth of an edit's decode, while an edit uses the model for a few
+    passes at its edit points. So the model (re)starts only after `ENTRY_MISSES`
+    passes in a row that lookup did not deliver: fresh text shows itself within
+    a few passes, an edit point does not last that long.
     """
 
     name = "auto"
     PRIORS = {"long": 0.9, "short": 0.6}  # per-token acceptance before any evidence
     CATCH_UP_PASSES = 4
+    ENTRY_MISSES = 3
 
     def __init__(self, lookup, model=None, verify_ms: Callable[[int], float] | None = None,
                  probe_every: int = 8, decay: float = 0.9, priors: dict | None = None,
@@ -309,6 +317,7 @@ class AutoDrafter:
         self.evidence = {k: [1.0, r] for k, r in (priors or self.PRIORS).items()}
         self.idle = {k: 0 for k in self.evidence}
         self.chosen = None  # (member, kind) that drafted the last pass
+        self.misses = 0  # passes in a row in which lookup delivered no token
         self.choices = {"long": 0, "short": 0, "model": 0, "none": 0}
 
     def acceptance(self, kind: str) -> float:
@@ -342,14 +351,20 @@ class AutoDrafter:
         return self.model.propose(context, budget)
 
     def _model_pays(self, context) -> bool:
-        """Whether the model beats a plain pass once its catch-up is counted.
+        """Whether the model beats a plain pass once its entry is counted.
 
-        After a run of lookup passes the draft is behind by every token they
-        accepted, and feeding those is a prefill paid now, for the few model
-        passes likely before lookup takes over again (`CATCH_UP_PASSES`).
-        The draft's first sync, the prompt, is not counted: fresh text needs it.
+        A draft that would restart (never synced, or more than `rejoin` tokens
+        behind after lookup passes) enters only after `ENTRY_MISSES` lookup
+        misses in a row.
+        Its catch-up is a prefill paid now, for the few model passes likely
+        before lookup takes over again (`CATCH_UP_PASSES`); the first sync, the
+        prompt window, is not weighed so: fresh text needs it.
         """
-        if self.verify_ms is None or self.draft_prefill_ms is None or not self.model.session.history:
+        if self.verify_ms is None or self.draft_prefill_ms is None:
+            return True
+        if self.model.lag(context) > self.model.rejoin and self.misses < self.ENTRY_MISSES:
+            return False  # it would restart: from its prompt window, or from `rejoin` tokens
+        if not self.model.session.history:
             return True
         lag = self.model.catch_up(context)
         length = self.model.length
@@ -371,6 +386,8 @@ class AutoDrafter:
         return self._rate(self.acceptance(kind), depth, len(tree) - 1) >= length.rate(length.k)
 
     def observe(self, verdict, tree=None, logits=None):
+        delivered = self.chosen is not None and self.chosen[0] is self.lookup and verdict.num_accepted > 0
+        self.misses = 0 if delivered else self.misses + 1
         if self.chosen is None:
             return
         member, kind = self.chosen

@@ -154,9 +154,10 @@ def _pass(auto, lookup_accepts, context=(1, 2, 3)):
     """One pass: lookup's proposals get `lookup_accepts` tokens accepted, the model's all."""
     from types import SimpleNamespace
     tree = auto.propose(list(context), 8)
-    accepted = len(tree) - 1 if auto.chosen[1] == "model" else min(lookup_accepts, len(tree) - 1)
+    kind = auto.chosen[1] if auto.chosen else "none"
+    accepted = len(tree) - 1 if kind == "model" else min(lookup_accepts, len(tree) - 1)
     auto.observe(SimpleNamespace(num_accepted=accepted), tree)
-    return auto.chosen[1]
+    return kind
 
 
 def test_auto_follows_what_each_drafter_delivers():
@@ -183,7 +184,8 @@ def test_auto_follows_what_each_drafter_delivers():
 
 def test_auto_counts_the_drafts_catch_up_after_lookup_runs():
     """After lookup passes the draft is behind; feeding a long lag costs more than a model pass
-    brings, so auto takes a plain pass, while a short lag (or the first sync) lets the model draft."""
+    brings, so auto takes a plain pass, while a short lag (or the first sync) lets the model draft.
+    A draft behind by more than a few tokens enters only after ENTRY_MISSES lookup misses."""
     from types import MethodType, SimpleNamespace
     from edgespec.runtime.drafters import AutoDrafter, ModelDrafter
     model = _Stub([7, 8, 9], length=CostAwareLength(_cpu_verify, draft_ms=12.0, prior=0.9, cost_decay=1.0))
@@ -192,15 +194,40 @@ def test_auto_counts_the_drafts_catch_up_after_lookup_runs():
     model.catch_up = MethodType(ModelDrafter.catch_up, model)
     auto = AutoDrafter(_Stub([]), model, _cpu_verify, draft_prefill_ms=3.3)
     context = list(range(300))
-    assert _pass(auto, 0, context) == "model"  # never synced: the prompt prefill is not counted
+    entry = [_pass(auto, 0, context) for _ in range(AutoDrafter.ENTRY_MISSES + 1)]
+    assert entry == ["none"] * AutoDrafter.ENTRY_MISSES + ["model"]  # then the prompt prefill is not weighed
     model.session.history = context[:296]
     assert _pass(auto, 0, context) == "model"  # 4 tokens behind
     model.length = CostAwareLength(_cpu_verify, draft_ms=12.0, prior=0.9, cost_decay=1.0)
     model.session.history = context[:200]
     tree = auto.propose(context, 8)  # 100 behind: 330 ms of catch-up over 4 passes
-    assert len(tree) == 1 and auto.chosen is None and auto.choices["none"] == 1
+    assert len(tree) == 1 and auto.chosen is None and auto.choices["none"] == AutoDrafter.ENTRY_MISSES + 1
     model.rejoin = 16  # a draft that restarts from 16 recent tokens is never far behind
     assert _pass(auto, 0, context) == "model"
+
+
+def test_auto_skips_the_models_prefill_at_an_edits_short_gaps():
+    """An edit: lookup copies, with two-pass gaps at the edit points. The draft never pays its
+    prefill there; fresh text (lookup missing ENTRY_MISSES passes in a row) brings it in."""
+    from types import MethodType, SimpleNamespace
+    from edgespec.runtime.drafters import AutoDrafter, ModelDrafter
+    model = _Stub([7, 8, 9], length=CostAwareLength(_cpu_verify, draft_ms=12.0, prior=0.9, cost_decay=1.0))
+    model.session, model._offset, model.rejoin = SimpleNamespace(history=[]), None, 32
+    model.lag = MethodType(ModelDrafter.lag, model)
+    model.catch_up = MethodType(ModelDrafter.catch_up, model)
+    copy = [4, 5, 6, 7]
+    lookup = _Stub(copy, last_match=6)
+    auto = AutoDrafter(lookup, model, _cpu_verify, draft_prefill_ms=3.3)
+    context, kinds = list(range(300)), []
+    for _ in range(4):
+        lookup.chain = []
+        kinds += [_pass(auto, 0, context) for _ in range(AutoDrafter.ENTRY_MISSES - 1)]
+        lookup.chain = copy
+        kinds.append(_pass(auto, 4, context))
+    assert kinds.count("long") == 4 and "model" not in kinds
+    lookup.chain = []
+    fresh = [_pass(auto, 0, context) for _ in range(AutoDrafter.ENTRY_MISSES + 1)]
+    assert fresh == ["none"] * AutoDrafter.ENTRY_MISSES + ["model"]
 
 
 def test_auto_without_profiles_takes_lookup_first():
