@@ -72,10 +72,11 @@ class ModelDrafter:
     (the first call prefills the prompt). The chain stops where the length
     policy says: a cost-aware one prices each token by the draft's confidence
     in its path (up to k_max tokens); the heuristic one stops at k tokens or
-    when the confidence drops below `min_confidence`. A tree is the draft's chain plus, at
-    each depth, the next most likely tokens as leaf siblings, kept while their
-    path probability stays above `branch_min_prob` and the node budget lasts:
-    the alternatives cost no extra draft step, only verify width.
+    when the confidence drops below `min_confidence`. A tree is the draft's
+    chain plus, at each depth, the next most likely tokens as leaf siblings,
+    kept while their path probability stays above `branch_min_prob` and the
+    node budget lasts: the alternatives cost no extra draft step, only verify
+    width.
     """
 
     name = "model"
@@ -355,10 +356,8 @@ class AutoDrafter:
 
         A draft that would restart (never synced, or more than `rejoin` tokens
         behind after lookup passes) enters only after `ENTRY_MISSES` lookup
-        misses in a row.
-        Its catch-up is a prefill paid now, for the few model passes likely
-        before lookup takes over again (`CATCH_UP_PASSES`); the first sync, the
-        prompt window, is not weighed so: fresh text needs it.
+        misses in a row. A shorter catch-up is a prefill paid now, for the few
+        model passes likely before lookup takes over again (`CATCH_UP_PASSES`).
         """
         if self.verify_ms is None or self.draft_prefill_ms is None:
             return True

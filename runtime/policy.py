@@ -13,7 +13,8 @@ times what a token costs at the current rate beats one more verified token,
 and the draft takes another step only while the path so far, times the
 running acceptance, pays for that step too (as in SVIP). Replayed over the
 suite's greedy traces with this CPU's costs, this beats a fixed k=3 chain
-with a 0.3 confidence stop by 7% on completion and 13% on explanation.
+with a 0.3 confidence stop by 7% on completion and 13% on explanation;
+live, side by side with the k + 0.3 stop it replaced, by 2-6%.
 """
 
 from __future__ import annotations
