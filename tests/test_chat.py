@@ -112,6 +112,7 @@ def test_ctrl_c_stops_the_answer_and_the_session_survives(slow_bundle, tmp_path)
     child.expect_exact("you>")
     child.sendintr()  # Ctrl-C at an empty prompt, twice, leaves
     child.expect_exact("Ctrl-C again")
+    child.expect_exact("you>")  # the prompt reads keys again (a ^C before it is the terminal's)
     child.sendintr()
     child.expect(pexpect.EOF)
     child.close()
