@@ -103,7 +103,7 @@ class CostAwareLength:
         if draft_ms_per_step is not None:
             self.draft_ms = a * self.draft_ms + (1 - a) * draft_ms_per_step
         self.verify_scale = a * self.verify_scale + (1 - a) * verify_ms / self.profile_ms(size)
-        self.k = self.best_k()
+        self._choose_k()  # (keeps a due probe: a pass's costs come after its update)
 
     def update(self, accepted: int, proposed_depth: int) -> None:
         # Each drafted position up to the first rejection is one Bernoulli trial of a.
@@ -114,6 +114,9 @@ class CostAwareLength:
             self.idle = 0
         else:
             self.idle += 1
+        self._choose_k()
+
+    def _choose_k(self) -> None:
         self.k = self.best_k()
         if self.k == 0 and self.idle >= self.probe_every:
             self.k = 1  # not drafting gives no evidence: probe now and then, in case text got easier

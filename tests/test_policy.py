@@ -49,6 +49,7 @@ def test_low_acceptance_shrinks_then_probes():
     assert policy.k == 0
     for _ in range(policy.probe_every):
         policy.update(accepted=0, proposed_depth=0)
+        policy.observe_costs(None, verify(1), 1)  # each pass's costs follow its update
     assert policy.k == 1  # a probe keeps the estimate alive
 
 
