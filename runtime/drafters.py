@@ -367,8 +367,8 @@ class AutoDrafter:
             return True
         lag = self.model.catch_up(context)
         length = self.model.length
-        if lag <= 4 or length.k == 0:
-            return True
+        if lag <= 4 or length.k == 0 or getattr(length, "probing", False):
+            return True  # (a probe must run, or stale evidence would keep the model out for good)
         catch_up = lag * self.draft_prefill_ms / self.CATCH_UP_PASSES
         return length.rate(length.k, extra_ms=catch_up) >= length.rate(0)
 

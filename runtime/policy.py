@@ -81,6 +81,11 @@ class CostAwareLength:
     def best_k(self) -> int:
         return max(range(self.k_max + 1), key=self.rate)
 
+    @property
+    def probing(self) -> bool:
+        """Drafting only to test the acceptance again (the rates alone say not to draft)."""
+        return self.k > 0 and self.best_k() == 0
+
     def ms_per_token(self) -> float:
         """What an emitted token costs at the current expected rate."""
         return 1.0 / self.rate(self.k)

@@ -205,6 +205,14 @@ def test_auto_counts_the_drafts_catch_up_after_lookup_runs():
     assert len(tree) == 1 and auto.chosen is None and auto.choices["none"] == AutoDrafter.ENTRY_MISSES + 1
     model.rejoin = 16  # a draft that restarts from 16 recent tokens is never far behind
     assert _pass(auto, 0, context) == "model"
+    model.rejoin, length = 128, model.length
+    for _ in range(10):  # the draft stops agreeing: not drafting pays more
+        length.update(accepted=0, proposed_depth=1)
+    assert length.k == 0 and not length.probing
+    for _ in range(length.probe_every):
+        length.update(accepted=0, proposed_depth=0)
+    assert length.probing
+    assert _pass(auto, 0, context) == "model"  # the probe runs, 100 tokens behind or not
 
 
 def test_auto_skips_the_models_prefill_at_an_edits_short_gaps():
