@@ -38,30 +38,35 @@ def _libc():
         return None
 
 
-def clean_mappings(files, written_too: bool = False) -> list[tuple[int, int]]:
-    """Address ranges of `files` mapped in this process with no page written to.
-
-    Only such ranges are safe to drop: a private mapping's written pages are
-    anonymous copies that exist nowhere else; the others are the file's own bytes.
-    written_too: every mapping of `files` (for advice that never discards a write).
-    """
+def file_mappings(files) -> list[dict]:
+    """This process's mappings of `files`, from /proc/self/smaps: each with its "start"
+    and "end" address and its KB counters ("Rss", "Anonymous": copy-on-write pages, ...)."""
     names = {str(Path(f).resolve()) for f in files}
-    ranges, current, written = [], None, 0
+    found, current = [], None
     try:
         lines = Path("/proc/self/smaps").read_text().splitlines()
     except OSError:
         return []
-    for line in lines + ["00-00 ---p 0 0:0 0"]:  # a sentinel closes the last entry
+    for line in lines:
         head = line.split()
-        if "-" in head[0] and len(head) >= 5 and not head[0].endswith(":"):
-            if current is not None and (written == 0 or written_too):
-                ranges.append(current)
-            start, end = (int(x, 16) for x in head[0].split("-"))
-            current = (start, end) if len(head) >= 6 and head[5] in names else None
-            written = 0
-        elif head[0] == "Anonymous:" and current is not None:  # copy-on-write pages
-            written += int(head[1])
-    return ranges
+        if "-" in head[0] and len(head) >= 5 and not head[0].endswith(":"):  # a mapping's header
+            current = None
+            if len(head) >= 6 and head[5] in names:
+                start, end = (int(x, 16) for x in head[0].split("-"))
+                current = {"start": start, "end": end}
+                found.append(current)
+        elif current is not None and head[0].endswith(":") and len(head) >= 2 and head[1].isdigit():
+            current[head[0][:-1]] = int(head[1])
+    return found
+
+
+def clean_mappings(files) -> list[tuple[int, int]]:
+    """Address ranges of `files` mapped in this process with no page written to.
+
+    Only such ranges are safe to drop: a private mapping's written pages are
+    anonymous copies that exist nowhere else; the others are the file's own bytes.
+    """
+    return [(m["start"], m["end"]) for m in file_mappings(files) if m.get("Anonymous", 0) == 0]
 
 
 def release_after_load(files) -> None:
@@ -86,7 +91,7 @@ def released_while_loading(files, every: float = 0.02):
 
     def keep_dropping():
         while not done.wait(every):
-            _drop(clean_mappings(files, written_too=True), _MADV_PAGEOUT)
+            _drop([(m["start"], m["end"]) for m in file_mappings(files)], _MADV_PAGEOUT)
 
     worker = threading.Thread(target=keep_dropping, name="edgespec-release", daemon=True)
     if _libc() is not None and files:

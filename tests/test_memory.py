@@ -7,7 +7,8 @@ import time
 
 import pytest
 
-from edgespec.runtime.memory import clean_mappings, release_after_load, released_while_loading
+from edgespec.runtime.memory import (clean_mappings, file_mappings, release_after_load,
+                                      released_while_loading)
 
 linux = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/smaps")
 
@@ -31,15 +32,7 @@ def test_only_unwritten_mappings_count_as_clean(tmp_path):
 
 
 def _resident_kb(path) -> int:
-    """Resident KB of this process's mappings of `path` (from /proc/self/smaps)."""
-    name, total, ours = str(path.resolve()), 0, False
-    for line in open("/proc/self/smaps"):
-        head = line.split()
-        if "-" in head[0] and not head[0].endswith(":"):
-            ours = len(head) >= 6 and head[5] == name
-        elif head[0] == "Rss:" and ours:
-            total += int(head[1])
-    return total
+    return sum(m.get("Rss", 0) for m in file_mappings([path]))
 
 
 def _filesystem(path) -> str:
