@@ -151,6 +151,17 @@ class _Stub:
         pass
 
 
+def _stub_model(offset, rejoin):
+    """A model drafter stub that reports how far behind its (empty) draft session is."""
+    from types import MethodType, SimpleNamespace
+    from edgespec.runtime.drafters import ModelDrafter
+    model = _Stub([7, 8, 9], length=CostAwareLength(_cpu_verify, draft_ms=12.0, prior=0.9, cost_decay=1.0))
+    model.session, model._offset, model.rejoin = SimpleNamespace(history=[]), offset, rejoin
+    model.lag = MethodType(ModelDrafter.lag, model)
+    model.catch_up = MethodType(ModelDrafter.catch_up, model)
+    return model
+
+
 def _pass(auto, lookup_accepts, context=(1, 2, 3)):
     """One pass: lookup's proposals get `lookup_accepts` tokens accepted, the model's all."""
     from types import SimpleNamespace
@@ -187,12 +198,8 @@ def test_auto_counts_the_drafts_catch_up_after_lookup_runs():
     """After lookup passes the draft is behind; feeding a long lag costs more than a model pass
     brings, so auto takes a plain pass, while a short lag (or the first sync) lets the model draft.
     A draft behind by more than a few tokens enters only after ENTRY_MISSES lookup misses."""
-    from types import MethodType, SimpleNamespace
-    from edgespec.runtime.drafters import AutoDrafter, ModelDrafter
-    model = _Stub([7, 8, 9], length=CostAwareLength(_cpu_verify, draft_ms=12.0, prior=0.9, cost_decay=1.0))
-    model.session, model._offset, model.rejoin = SimpleNamespace(history=[]), 0, 128
-    model.lag = MethodType(ModelDrafter.lag, model)
-    model.catch_up = MethodType(ModelDrafter.catch_up, model)
+    from edgespec.runtime.drafters import AutoDrafter
+    model = _stub_model(offset=0, rejoin=128)
     auto = AutoDrafter(_Stub([]), model, _cpu_verify, draft_prefill_ms=3.3)
     context = list(range(300))
     entry = [_pass(auto, 0, context) for _ in range(AutoDrafter.ENTRY_MISSES + 1)]
@@ -218,12 +225,8 @@ def test_auto_counts_the_drafts_catch_up_after_lookup_runs():
 def test_auto_skips_the_models_prefill_at_an_edits_short_gaps():
     """An edit: lookup copies, with two-pass gaps at the edit points. The draft never pays its
     prefill there; fresh text (lookup missing ENTRY_MISSES passes in a row) brings it in."""
-    from types import MethodType, SimpleNamespace
-    from edgespec.runtime.drafters import AutoDrafter, ModelDrafter
-    model = _Stub([7, 8, 9], length=CostAwareLength(_cpu_verify, draft_ms=12.0, prior=0.9, cost_decay=1.0))
-    model.session, model._offset, model.rejoin = SimpleNamespace(history=[]), None, 32
-    model.lag = MethodType(ModelDrafter.lag, model)
-    model.catch_up = MethodType(ModelDrafter.catch_up, model)
+    from edgespec.runtime.drafters import AutoDrafter
+    model = _stub_model(offset=None, rejoin=32)
     copy = [4, 5, 6, 7]
     lookup = _Stub(copy, last_match=6)
     auto = AutoDrafter(lookup, model, _cpu_verify, draft_prefill_ms=3.3)
