@@ -354,9 +354,9 @@ class AutoDrafter:
     def _model_pays(self, context) -> bool:
         """Whether the model beats a plain pass once its entry is counted.
 
-        A draft that would restart (never synced, or more than `rejoin` tokens
-        behind after lookup passes) enters only after `ENTRY_MISSES` lookup
-        misses in a row. A shorter catch-up is a prefill paid now, for the few
+        A draft that would feed more than `rejoin` tokens to (re)start (its
+        prompt window, or the lag after lookup passes) enters only after
+        `ENTRY_MISSES` lookup misses in a row. A shorter catch-up is a prefill paid now, for the few
         model passes likely before lookup takes over again (`CATCH_UP_PASSES`).
         """
         if self.verify_ms is None or self.draft_prefill_ms is None:
