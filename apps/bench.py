@@ -303,8 +303,10 @@ def _runners(modes, target_path: Path, draft_path: Path | None, threads: int, sh
         if which not in loaded:
             path = draft_path if which == "draft" else target_path
             loaded[which] = Session(path, SessionOptions(threads=threads, spin=shared_pool or which == "target",
-                                                         shared_pool=shared_pool),
+                                                         shared_pool=shared_pool, huge_pages=True),
                                      head="draft" if which == "draft" else "full")
+            if loaded[which].huge_pages:  # as in chat and serve; done before anything is timed
+                loaded[which].huge_pages.join()
         return loaded[which]
 
     def genai(draft: bool):

@@ -27,8 +27,9 @@ Start a message with // to send a literal /."""
 
 
 def load_chat_generator(target, draft, drafter, tree, budget, threads, provider):
-    """`run`'s models, with the KV cache of the previous call's shared prefix reused."""
-    gen = load_generator(target, draft, drafter, tree, budget, threads, provider)
+    """`run`'s models, with the KV cache of the previous call's shared prefix reused, and the
+    weights moved onto huge pages while the first prompt is typed (a long-lived process)."""
+    gen = load_generator(target, draft, drafter, tree, budget, threads, provider, huge_pages=True)
     gen.reuse_cache = True
     return gen
 

@@ -43,12 +43,13 @@ def sampling_options(f):
     return f
 
 
-def load_generator(target, draft, drafter, tree, budget, threads, provider):
+def load_generator(target, draft, drafter, tree, budget, threads, provider, huge_pages=False):
     from ..runtime.api import load
     if drafter in ("ngram", "recycle", "none"):
         draft = None  # model-free drafters: do not load (or export) a draft model
     return load(target, None if draft == "none" else draft, tree=tree, budget=budget,
-                drafter=drafter, threads=threads, provider=provider, shared_pool=cli_module.PROCESS_OWNED)
+                drafter=drafter, threads=threads, provider=provider, shared_pool=cli_module.PROCESS_OWNED,
+                huge_pages=huge_pages)
 
 
 @cli.command("run")

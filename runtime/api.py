@@ -259,11 +259,14 @@ def _stop_prefix_len(text: str, stops: list[str]) -> int:
 
 def load(target: str | Path, draft: str | Path | None = None, *, tree: bool = True, budget: int = 8,
          drafter: str | None = None, threads: int | None = None, provider: str = "cpu",
-         max_context: int | None = None, reuse_cache: bool = False, shared_pool: bool = False) -> Generator:
+         max_context: int | None = None, reuse_cache: bool = False, shared_pool: bool = False,
+         huge_pages: bool = False) -> Generator:
     """Load a target (bundle folder or preset) and optionally a draft, ready to generate.
 
     shared_pool: draft and target share ONNX Runtime's process-wide thread pool (about 10%
     faster speculation on a 2-core CPU); every later session of the process then shares it.
+    huge_pages: move the weights onto 2 MB pages in the background after loading (4-7%
+    faster steps after 1-3 s of one core): for processes that generate a lot.
     """
     from ..export.bundles import bundle_path
     drafting = draft not in (None, "none")
@@ -271,7 +274,8 @@ def load(target: str | Path, draft: str | Path | None = None, *, tree: bool = Tr
     # with a draft model, both pools sleep when idle (ORT's process-wide pool would avoid
     # this, but once it exists every session of the process must use it).
     options = SessionOptions(provider=provider, threads=threads, max_context=max_context,
-                             spin=shared_pool or not drafting, shared_pool=shared_pool and drafting)
+                             spin=shared_pool or not drafting, shared_pool=shared_pool and drafting,
+                             huge_pages=huge_pages)
     target_session = Session(bundle_path(target), options)
     draft_session = None
     if drafting:

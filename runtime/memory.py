@@ -16,6 +16,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import functools
+import mmap
 import os
 import sys
 import threading
@@ -24,6 +25,8 @@ from pathlib import Path
 
 _MADV_DONTNEED = 4
 _MADV_PAGEOUT = 21  # Linux 5.4+: reclaim; a page that exists only in memory is kept
+_MADV_COLLAPSE = 25  # Linux 6.1+: copy a range onto transparent huge pages now
+_HUGE_PAGE = 2 << 20
 
 
 @functools.cache
@@ -38,10 +41,10 @@ def _libc():
         return None
 
 
-def file_mappings(files) -> list[dict]:
-    """This process's mappings of `files`, from /proc/self/smaps: each with its "start"
-    and "end" address and its KB counters ("Rss", "Anonymous": copy-on-write pages, ...)."""
-    names = {str(Path(f).resolve()) for f in files}
+def mappings(select) -> list[dict]:
+    """This process's mappings whose path `select(path)` accepts (None: anonymous memory),
+    from /proc/self/smaps: each with its "start" and "end" address and its KB counters
+    ("Rss", "Anonymous": copy-on-write pages, "AnonHugePages", ...) and its "path"."""
     found, current = [], None
     try:
         lines = Path("/proc/self/smaps").read_text().splitlines()
@@ -51,13 +54,24 @@ def file_mappings(files) -> list[dict]:
         head = line.split()
         if "-" in head[0] and len(head) >= 5 and not head[0].endswith(":"):  # a mapping's header
             current = None
-            if len(head) >= 6 and head[5] in names:
+            if select(head[5] if len(head) >= 6 else None):
                 start, end = (int(x, 16) for x in head[0].split("-"))
-                current = {"start": start, "end": end}
+                current = {"start": start, "end": end, "path": head[5] if len(head) >= 6 else None}
                 found.append(current)
         elif current is not None and head[0].endswith(":") and len(head) >= 2 and head[1].isdigit():
             current[head[0][:-1]] = int(head[1])
     return found
+
+
+def file_mappings(files) -> list[dict]:
+    """This process's mappings of `files` (see `mappings`)."""
+    names = {str(Path(f).resolve()) for f in files}
+    return mappings(lambda path: path in names)
+
+
+def anonymous_mappings() -> list[dict]:
+    """This process's anonymous memory: what malloc and mmap hand out (see `mappings`)."""
+    return mappings(lambda path: path is None or path == "[heap]")
 
 
 def clean_mappings(files) -> list[tuple[int, int]]:
@@ -78,6 +92,8 @@ def release_after_load(files) -> None:
 @contextlib.contextmanager
 def released_while_loading(files, every: float = 0.02):
     """Page the weight files out while a session loads, then release after load.
+    Yields a list that, after the load, holds the anonymous ranges the load filled
+    (ORT's prepacked weights), for `collapse_to_huge_pages`.
 
     Prepacking reads each weight into a new buffer while the file's pages stay
     resident, so the load's peak would hold the weights twice (1.5B alone:
@@ -87,6 +103,8 @@ def released_while_loading(files, every: float = 0.02):
     the page cache, so the files are read ahead again afterwards.
     """
     files = list(files)
+    existing = [(m["start"], m["end"]) for m in anonymous_mappings()]
+    filled: list[tuple[int, int]] = []
     done = threading.Event()
 
     def keep_dropping():
@@ -97,13 +115,63 @@ def released_while_loading(files, every: float = 0.02):
     if _libc() is not None and files:
         worker.start()
     try:
-        yield
+        yield filled
     finally:
         done.set()
         if worker.is_alive():
             worker.join()
             _read_ahead(files)  # pageout dropped them from the page cache too: bring them back
         release_after_load(files)
+        now = [(m["start"], m["end"]) for m in anonymous_mappings()]
+        filled.extend(_huge_page_ranges(now, existing))
+
+
+def collapse_to_huge_pages(ranges) -> threading.Thread:
+    """Move the fully resident 2 MB pages of `ranges` onto huge pages, in a background
+    thread (join it to wait).
+
+    A decode step streams all prepacked weights; on 4 KB pages the CPU's
+    prefetchers stop at every page boundary. Collapsed, a 1.5B int4 step was
+    4-10% faster and the 0.5B's 3-4% (side by side in one process, 2 threads),
+    but collapsing the 1.5B's 1 GB costs 0.5-3 s of one core: worth it for
+    long-lived processes (chat, serve, bench), not for one short reply. Only
+    extents whose every page is resident are collapsed, so RSS stays as it is.
+    Needs Linux 6.1+ (MADV_COLLAPSE); elsewhere nothing changes.
+    """
+    def collapse():
+        libc = _libc()
+        if libc is None:
+            return
+        for start, end in ranges:
+            for s in range(start, end, _HUGE_PAGE):  # (the GIL is free during each call)
+                if _resident(libc, s, _HUGE_PAGE):
+                    libc.madvise(s, _HUGE_PAGE, _MADV_COLLAPSE)
+    worker = threading.Thread(target=collapse, name="edgespec-huge-pages", daemon=True)
+    worker.start()
+    return worker
+
+
+def _resident(libc, start: int, length: int) -> bool:
+    """Whether every page of [start, start+length) is in memory (mincore)."""
+    pages = length // mmap.PAGESIZE
+    vec = (ctypes.c_ubyte * pages)()
+    if libc.mincore(ctypes.c_void_p(start), ctypes.c_size_t(length), vec) != 0:
+        return False
+    return all(v & 1 for v in vec)
+
+
+def _huge_page_ranges(ranges, existing, page: int = _HUGE_PAGE) -> list[tuple[int, int]]:
+    """The whole huge pages inside `ranges` outside every one of the `existing` ranges."""
+    out = []
+    for start, end in ranges:
+        pieces = [(start, end)]
+        for a, b in existing:  # cut out what was mapped before
+            pieces = [p for s, e in pieces for p in ((s, min(e, a)), (max(s, b), e)) if p[0] < p[1]]
+        for s, e in pieces:
+            s, e = -(-s // page) * page, e // page * page
+            if e > s:
+                out.append((s, e))
+    return out
 
 
 def _read_ahead(files) -> None:

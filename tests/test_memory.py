@@ -1,4 +1,4 @@
-"""Memory helpers: dropping only the file pages nobody wrote."""
+"""Memory helpers: dropping only the file pages nobody wrote; weights onto huge pages."""
 
 import mmap
 import os
@@ -7,7 +7,8 @@ import time
 
 import pytest
 
-from edgespec.runtime.memory import (clean_mappings, file_mappings, release_after_load,
+from edgespec.runtime.memory import (_huge_page_ranges, anonymous_mappings, clean_mappings,
+                                      collapse_to_huge_pages, file_mappings, release_after_load,
                                       released_while_loading)
 
 linux = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/smaps")
@@ -64,3 +65,43 @@ def test_pages_read_while_loading_are_paged_out_but_writes_kept(tmp_path):
     assert view[4096 + 7] == 255 and view[4096 + 8] == 8  # the write survived
     assert view[: 256 * 4] == bytes(range(256)) * 4  # paged-out pages read back from the file
     view.close()
+
+
+MB = 1 << 20
+
+
+def test_huge_page_ranges_skip_what_existed_and_partial_pages():
+    existing = [(10 * MB, 14 * MB)]
+    ranges = [(MB, 20 * MB), (30 * MB + 4096, 31 * MB)]
+    # whole 2 MB pages only, and nothing of the range mapped before
+    assert _huge_page_ranges(ranges, existing) == [(2 * MB, 10 * MB), (14 * MB, 20 * MB)]
+
+
+def _mapping_of(address):
+    return next(m for m in anonymous_mappings() if m["start"] <= address < m["end"])
+
+
+def _kernel() -> tuple[int, int]:
+    return tuple(map(int, __import__("platform").release().split(".")[:2]))
+
+
+@linux
+def test_loading_reports_the_ranges_it_filled_and_collapse_keeps_their_bytes():
+    import ctypes
+    private = dict(flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)  # what malloc hands out
+    before = mmap.mmap(-1, 8 * MB, **private)
+    before[:] = b"x" * len(before)  # mapped and filled before the "load": never reported
+    with released_while_loading([]) as filled:
+        weights = mmap.mmap(-1, 32 * MB, **private)  # plain 4 KB pages, written in full like prepacked weights
+        data = bytes(range(256)) * (len(weights) // 256)
+        weights[:] = data
+    address = ctypes.addressof(ctypes.c_char.from_buffer(weights))
+    inside = lambda a: any(s <= a < e for s, e in filled)  # noqa: E731
+    assert inside(address + 4 * MB) and inside(address + 28 * MB)
+    assert not inside(ctypes.addressof(ctypes.c_char.from_buffer(before)) + 4 * MB)
+    huge_before = _mapping_of(address + 4 * MB).get("AnonHugePages", 0)
+    collapse_to_huge_pages(_huge_page_ranges([(address, address + len(weights))], [])).join()
+    assert weights[:] == data  # the same bytes, now on other pages
+    thp = open("/sys/kernel/mm/transparent_hugepage/enabled").read()
+    if _kernel() >= (6, 1) and "[never]" not in thp:  # MADV_COLLAPSE ran: 2 MB pages now
+        assert _mapping_of(address + 4 * MB).get("AnonHugePages", 0) >= huge_before + 16 * 1024
