@@ -11,6 +11,7 @@ import click
 from ..export.errors import EdgespecError
 from . import cli as cli_module
 from .cli import cli
+from .bench import DEFAULT_MODES, MODES
 from .run_cmd import DEFAULT_DRAFT, DEFAULT_TARGET
 
 
@@ -26,8 +27,8 @@ def _refuse_existing(path: Path | None, force: bool) -> None:
 @cli.command("bench")
 @click.option("--target", default=DEFAULT_TARGET, show_default=True, help="bundle folder or preset")
 @click.option("--draft", default=DEFAULT_DRAFT, show_default=True, help="bundle, preset, or 'none'")
-@click.option("--modes", default=None, help="comma-separated; default: all of "
-              "plain,chain,tree,ngram,genai,genai-spec,genai-ngram")
+@click.option("--modes", default=None, help="comma-separated; default: " + ",".join(DEFAULT_MODES)
+              + "; also " + ",".join(m for m in MODES if m not in DEFAULT_MODES))
 @click.option("--categories", default=None, help="comma-separated prompt categories (default: all)")
 @click.option("--prompts", "prompts_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               default=None, help="suite JSON (default: the shipped code suite)")
