@@ -265,8 +265,8 @@ def load(target: str | Path, draft: str | Path | None = None, *, tree: bool = Tr
 
     shared_pool: draft and target share ONNX Runtime's process-wide thread pool (about 10%
     faster speculation on a 2-core CPU); every later session of the process then shares it.
-    huge_pages: move the weights onto 2 MB pages in the background after loading (4-7%
-    faster steps after 1-3 s of one core): for processes that generate a lot.
+    huge_pages: move the weights onto 2 MB pages in the background after loading (faster
+    steps after seconds of one core; see runtime/memory.py): for processes that generate a lot.
     """
     from ..export.bundles import bundle_path
     drafting = draft not in (None, "none")

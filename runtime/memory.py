@@ -53,10 +53,11 @@ def mappings(select) -> list[dict]:
     for line in lines:
         head = line.split()
         if "-" in head[0] and len(head) >= 5 and not head[0].endswith(":"):  # a mapping's header
+            path = head[5] if len(head) >= 6 else None
             current = None
-            if select(head[5] if len(head) >= 6 else None):
+            if select(path):
                 start, end = (int(x, 16) for x in head[0].split("-"))
-                current = {"start": start, "end": end, "path": head[5] if len(head) >= 6 else None}
+                current = {"start": start, "end": end, "path": path}
                 found.append(current)
         elif current is not None and head[0].endswith(":") and len(head) >= 2 and head[1].isdigit():
             current[head[0][:-1]] = int(head[1])

@@ -69,8 +69,8 @@ class SessionOptions:
     # spin on one set of threads instead of fighting over the cores. Once that pool exists,
     # every later session of the process must use it, so only apps that own the process opt in.
     shared_pool: bool = False
-    # Move the prepacked weights onto 2 MB pages after loading, in a background thread
-    # (runtime/memory.py): 4-7% faster steps for 1-3 s of one core, so for long-lived processes.
+    # Move the prepacked weights onto 2 MB pages after loading, in a background thread: faster
+    # steps for seconds of one core, so for long-lived processes (memory.collapse_to_huge_pages).
     huge_pages: bool = False
 
 

@@ -14,6 +14,10 @@ from edgespec.runtime.memory import (_huge_page_ranges, anonymous_mappings, clea
 linux = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/smaps")
 
 
+def _kernel() -> tuple[int, int]:
+    return tuple(map(int, __import__("platform").release().split(".")[:2]))
+
+
 @linux
 def test_only_unwritten_mappings_count_as_clean(tmp_path):
     path = tmp_path / "weights.data"
@@ -43,7 +47,7 @@ def _filesystem(path) -> str:
 
 
 @linux
-@pytest.mark.skipif(tuple(map(int, __import__("platform").release().split(".")[:2])) < (5, 4),
+@pytest.mark.skipif(_kernel() < (5, 4),
                     reason="MADV_PAGEOUT needs Linux 5.4")
 def test_pages_read_while_loading_are_paged_out_but_writes_kept(tmp_path):
     if _filesystem(tmp_path) == "tmpfs":
@@ -79,10 +83,6 @@ def test_huge_page_ranges_skip_what_existed_and_partial_pages():
 
 def _mapping_of(address):
     return next(m for m in anonymous_mappings() if m["start"] <= address < m["end"])
-
-
-def _kernel() -> tuple[int, int]:
-    return tuple(map(int, __import__("platform").release().split(".")[:2]))
 
 
 @linux
