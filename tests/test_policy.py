@@ -53,6 +53,40 @@ def test_low_acceptance_shrinks_then_probes():
     assert policy.k == 1  # a probe keeps the estimate alive
 
 
+def test_one_early_rejection_does_not_stop_the_draft():
+    """The prior is worth several trials: a same-family draft whose first token is rejected
+    keeps drafting; a draft rejected again and again stops."""
+    policy = CostAwareLength(verify_ms=_cpu_verify, draft_ms=10.5)
+    policy.update(accepted=0, proposed_depth=1)
+    assert policy.k >= 1
+    for _ in range(4):
+        policy.update(accepted=0, proposed_depth=max(policy.k, 1))
+    assert policy.k == 0
+
+
+def test_rejected_probes_wait_longer():
+    """Each rejected probe doubles the wait for the next (a probe pays the draft's catch-up);
+    an accepted one brings back the short wait."""
+    policy = CostAwareLength(verify_ms=_cpu_verify, draft_ms=10.5, prior=0.2)
+    assert policy.k == 0
+
+    def passes_to_probe():
+        n = 0
+        while not policy.probing:
+            policy.update(accepted=0, proposed_depth=0)
+            n += 1
+        return n
+
+    gaps = []
+    for _ in range(4):
+        gaps.append(passes_to_probe())
+        policy.update(accepted=0, proposed_depth=1)  # the probe's token is rejected
+    assert gaps == [16, 32, 64, 64]
+    passes_to_probe()
+    policy.update(accepted=1, proposed_depth=1)
+    assert passes_to_probe() == 16
+
+
 def test_heuristic_schedule():
     d = DraftLength(k=3)
     d.update(3, 3)
