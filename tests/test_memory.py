@@ -9,7 +9,7 @@ import pytest
 
 from edgespec.runtime.memory import (_huge_page_ranges, anonymous_mappings, clean_mappings,
                                       collapse_to_huge_pages, file_mappings, release_after_load,
-                                      released_while_loading)
+                                      released_while_loading, zeros_on_demand)
 
 linux = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/smaps")
 
@@ -105,3 +105,18 @@ def test_loading_reports_the_ranges_it_filled_and_collapse_keeps_their_bytes():
     thp = open("/sys/kernel/mm/transparent_hugepage/enabled").read()
     if _kernel() >= (6, 1) and "[never]" not in thp:  # MADV_COLLAPSE ran: 2 MB pages now
         assert _mapping_of(address + 4 * MB).get("AnonHugePages", 0) >= huge_before + 16 * 1024
+
+
+@linux
+def test_kv_buffer_is_resident_only_where_written():
+    """A [1, 2 heads, 8192 rows, 128] buffer (8 MiB) with 16 rows written holds a few 4 KB
+    pages, not a 2 MB huge page per head."""
+    import numpy as np
+    buffer = zeros_on_demand((1, 2, 8192, 128), np.float32)
+    assert buffer.shape == (1, 2, 8192, 128) and not buffer.any()
+    buffer[:, :, :16] = 1.0  # 16 rows x 512 bytes per head
+    assert buffer.sum() == 2 * 16 * 128
+    start, end = buffer.ctypes.data, buffer.ctypes.data + buffer.nbytes
+    # (smaps splits a mapping where its huge-page advice differs: sum every piece)
+    resident = sum(m["Rss"] for m in anonymous_mappings() if m["start"] < end and m["end"] > start)
+    assert 16 <= resident <= 64  # KB (np.zeros: 4096, two huge pages, where THP is on)
