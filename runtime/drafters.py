@@ -356,15 +356,18 @@ class AutoDrafter:
 
         A draft that would feed more than `rejoin` tokens to (re)start (its
         prompt window, or the lag after lookup passes) enters only after
-        `ENTRY_MISSES` lookup misses in a row. A shorter catch-up is a prefill paid now, for the few
-        model passes likely before lookup takes over again (`CATCH_UP_PASSES`).
+        `ENTRY_MISSES` lookup misses in a row, and then always enters. Before
+        that, a shorter catch-up is a prefill paid now for the few model passes
+        likely before lookup takes over again (`CATCH_UP_PASSES`). (Pricing it so
+        after lookup stopped delivering kept the draft out for good: each plain
+        pass it declined made the catch-up longer.)
         """
         if self.verify_ms is None or self.draft_prefill_ms is None:
             return True
         if self.model.lag(context) > self.model.rejoin and self.misses < self.ENTRY_MISSES:
             return False  # it would restart: from its prompt window, or from `rejoin` tokens
-        if not self.model.session.history:
-            return True
+        if not self.model.session.history or self.misses >= self.ENTRY_MISSES:
+            return True  # lookup is not delivering: the model drafts for more than a few passes
         lag = self.model.catch_up(context)
         length = self.model.length
         if lag <= 4 or length.k == 0 or getattr(length, "probing", False):
