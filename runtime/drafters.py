@@ -364,10 +364,12 @@ class AutoDrafter:
         """
         if self.verify_ms is None or self.draft_prefill_ms is None:
             return True
-        if self.model.lag(context) > self.model.rejoin and self.misses < self.ENTRY_MISSES:
-            return False  # it would restart: from its prompt window, or from `rejoin` tokens
-        if not self.model.session.history or self.misses >= self.ENTRY_MISSES:
+        if self.misses >= self.ENTRY_MISSES:
             return True  # lookup is not delivering: the model drafts for more than a few passes
+        if self.model.lag(context) > self.model.rejoin:
+            return False  # it would restart: from its prompt window, or from `rejoin` tokens
+        if not self.model.session.history:
+            return True
         lag = self.model.catch_up(context)
         length = self.model.length
         if lag <= 4 or length.k == 0 or getattr(length, "probing", False):

@@ -211,15 +211,15 @@ def zeros_on_demand(shape, dtype) -> "np.ndarray":
     1396 -> 1336 MiB) at the same speed (side by side: plain 1.06x, chain 1.00x).
     """
     import numpy as np
-    dtype = np.dtype(dtype)
-    nbytes = max(int(np.prod(shape)) * dtype.itemsize, 1)
+    dtype, count = np.dtype(dtype), int(np.prod(shape))
+    nbytes = max(count * dtype.itemsize, 1)  # (mmap refuses 0 bytes)
     if os.name == "nt":
         buffer = mmap.mmap(-1, nbytes)
     else:
         buffer = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE)  # (fileno -1: anonymous)
         if hasattr(mmap, "MADV_NOHUGEPAGE"):
             buffer.madvise(mmap.MADV_NOHUGEPAGE)
-    return np.frombuffer(buffer, dtype, count=int(np.prod(shape))).reshape(shape)
+    return np.frombuffer(buffer, dtype, count=count).reshape(shape)
 
 
 def peak_rss_mb() -> float:
