@@ -176,6 +176,8 @@ class Generator:
         stats.drafter = self.drafter_name
         timing = Timing()
         drafter = self._drafter(params)
+        if hasattr(drafter, "end"):  # a drafter that weighs what is left of the generation
+            drafter.end = len(ids) + max_tokens
         detok = Detokenizer(self.tokenizer)
         # A stop string may begin in text already emitted: keep just enough of it to see one.
         tail_len = max((len(s) for s in stops), default=1) - 1

@@ -83,9 +83,15 @@ class CostAwareLength:
     def verify_ms(self, s: int) -> float:
         return self.verify_scale * self.profile_ms(s)
 
-    def rate(self, k: int, extra_ms: float = 0.0) -> float:
-        """Expected tokens per ms with k drafted tokens (and `extra_ms` more work per pass)."""
-        return expected_tokens(self.acceptance, k) / (k * self.draft_ms + self.verify_ms(k + 1) + extra_ms)
+    def rate(self, k: int, extra_ms: float = 0.0, acceptance: float | None = None) -> float:
+        """Expected tokens per ms with k drafted tokens (and `extra_ms` more work per pass), at the
+        running acceptance or at `acceptance`."""
+        a = self.acceptance if acceptance is None else acceptance
+        return expected_tokens(a, k) / (k * self.draft_ms + self.verify_ms(k + 1) + extra_ms)
+
+    def best_ms_per_token(self, acceptance: float) -> float:
+        """What an emitted token would cost at the best k if the acceptance were `acceptance`."""
+        return 1.0 / max(self.rate(k, acceptance=acceptance) for k in range(self.k_max + 1))
 
     def best_k(self) -> int:
         return max(range(self.k_max + 1), key=self.rate)

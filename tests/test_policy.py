@@ -1,5 +1,6 @@
 """The draft length follows the device's cost curve and the running acceptance."""
 
+import pytest
 from edgespec.runtime.policy import CostAwareLength, DraftLength, expected_tokens
 
 
@@ -276,6 +277,47 @@ def test_auto_skips_the_models_prefill_at_an_edits_short_gaps():
     lookup.chain = []
     fresh = [_pass(auto, 0, context) for _ in range(AutoDrafter.ENTRY_MISSES + 1)]
     assert fresh == ["none"] * AutoDrafter.ENTRY_MISSES + ["model"]
+
+
+def _confident_pass(auto, context, top1):
+    """A pass in which the target's top-1 probability at the emitted token is `top1`."""
+    import numpy as np
+    from types import SimpleNamespace
+    tree = auto.propose(list(context), 8)
+    kind = auto.chosen[1] if auto.chosen else "none"
+    row = np.full(64, (1 - top1) / 63)
+    row[0] = top1
+    logits = np.log(np.tile(row, (len(tree), 1))).astype(np.float32) + 5.0  # unnormalised
+    auto.observe(SimpleNamespace(num_accepted=0, accepted=[0]), tree, logits)
+    return kind
+
+
+def test_auto_enters_the_model_only_where_the_targets_confidence_pays_its_prefill():
+    """Taking the target's recent top-1 probability as the draft's acceptance, the model's
+    prompt prefill (128 tokens x 3.3 ms) must pay back within PAYBACK_TOKENS tokens. On this
+    curve with a 12 ms draft step that takes ~0.57: unsure text stays plain, confident text
+    brings the model in within a few passes. A restart from `rejoin` tokens costs less, so it
+    pays at a confidence that the first entry did not; near max_tokens nothing pays."""
+    from types import MethodType
+    from edgespec.runtime.drafters import AutoDrafter, ModelDrafter
+    model = _stub_model(offset=None, rejoin=32)
+    model.window = 128
+    model.entry_tokens = MethodType(ModelDrafter.entry_tokens, model)
+    auto = AutoDrafter(_Stub([]), model, _cpu_verify, draft_prefill_ms=3.3)
+    context = list(range(300))
+    assert [_confident_pass(auto, context, 0.3) for _ in range(12)] == ["none"] * 12
+    assert auto.target_confidence == pytest.approx(0.3, abs=1e-4)
+    kinds = []
+    while "model" not in kinds and len(kinds) < 20:
+        kinds.append(_confident_pass(auto, context, 0.99))
+    assert 4 <= len(kinds) - 1 <= 8  # the weighted mean climbs from 0.3 past ~0.57
+    auto._confidence = [0.5, 1.0]
+    model._offset = None  # a first entry feeds the 128-token window: not at 0.5
+    assert not auto._entry_pays(context)
+    model._offset = 0  # a restart feeds `rejoin` = 32 tokens: at 0.5 it pays
+    assert auto._entry_pays(context)
+    auto.end = len(context) + 10  # but not 10 tokens before max_tokens
+    assert not auto._entry_pays(context)
 
 
 def test_auto_without_profiles_takes_lookup_first():

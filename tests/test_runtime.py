@@ -331,3 +331,26 @@ def test_draft_far_behind_restarts_from_its_window(target, draft):
     assert out[:48] == plain.token_ids
     assert len(offsets) > 2  # it restarted more than once
     assert len(draft.history) <= 4 + 4  # rejoin tokens plus one proposal's, not all it missed
+
+
+def test_a_generation_tells_auto_where_it_stops_and_how_sure_the_target_is(target):
+    """Auto weighs the model's entry over the tokens left before max_tokens and from the
+    target's top-1 probabilities at the tokens it emitted: the stream hands it both."""
+    gen = Generator(target, drafter="auto")  # lookup alone: every pass shows the target's rows
+    gen.use_profiles = False
+    seen = []
+    make = gen._drafter
+
+    def drafter(params):
+        auto = make(params)
+        observe = auto.observe
+
+        def watched(verdict, tree=None, logits=None):
+            observe(verdict, tree, logits)
+            seen.append((auto.end, auto.target_confidence))
+        auto.observe = watched
+        return auto
+    gen._drafter = drafter
+    gen.generate(PROMPT, max_tokens=9)
+    assert seen and all(end == len(gen.encode(PROMPT)) + 9 for end, _ in seen)
+    assert all(0.0 < confidence <= 1.0 for _, confidence in seen)
