@@ -216,6 +216,11 @@ def test_auto_follows_what_each_drafter_delivers():
     lookup = _Stub([4, 5, 6, 7, 8, 9, 10], last_match=4)
     auto = AutoDrafter(lookup, model, _cpu_verify, probe_every=6, priors={"long": 0.9, "short": 0.5})
     assert 3 <= auto.best_depth("long", 8) <= 5  # at r = 0.9 on this curve, 3-5 tokens per pass pay best
+    assert len(auto.propose([1, 2, 3], 8)) == 8  # but a long match is verified whole: copies run on
+    auto.lookup.last_match = 2
+    assert len(auto.propose([1, 2, 3], 8)) - 1 == auto.best_depth("short", 7) < 7  # a short one is cut
+    auto = AutoDrafter(lookup, model, _cpu_verify, probe_every=6, priors={"long": 0.9, "short": 0.5})
+    lookup.last_match = 4
     assert [_pass(auto, 7) for _ in range(3)] == ["long"] * 3
     assert auto.best_depth("long", 8) > 5  # everything accepted: longer lookups pay
     kinds = [_pass(auto, 0) for _ in range(24)]
@@ -224,7 +229,7 @@ def test_auto_follows_what_each_drafter_delivers():
     after = kinds[kinds.index("model"):]
     assert after[:5] == ["model"] * 5 and after[5] == "long"  # then one probe per 6 passes
     assert after.count("long") <= len(after) // 6 + 1
-    assert auto.acceptance("long") < 0.5
+    assert auto.acceptance("long") < 0.65  # (failing whole copies are declined within a few passes)
     lookup.last_match = 2  # short matches have their own, lower estimate: the model drafts
     assert _pass(auto, 0) == "model"
 
@@ -277,6 +282,25 @@ def test_auto_skips_the_models_prefill_at_an_edits_short_gaps():
     lookup.chain = []
     fresh = [_pass(auto, 0, context) for _ in range(AutoDrafter.ENTRY_MISSES + 1)]
     assert fresh == ["none"] * AutoDrafter.ENTRY_MISSES + ["model"]
+
+
+def test_auto_takes_a_short_lookup_over_a_plain_pass_while_the_model_waits():
+    """A short match that loses to the model's rate still beats a plain pass, so while the
+    model waits to enter (lookup has not missed ENTRY_MISSES passes) lookup drafts. One
+    rejected short match does not stop short matches: the prior is worth PRIOR_TRIALS."""
+    from edgespec.runtime.drafters import AutoDrafter
+    model = _stub_model(offset=None, rejoin=32)
+    lookup = _Stub([4, 5], last_match=2)
+    auto = AutoDrafter(lookup, model, _cpu_verify, draft_prefill_ms=3.3, priors={"long": 0.9, "short": 0.45})
+    context = list(range(300))
+    auto.propose(context, 8)
+    assert auto.chosen[1] == "short"
+    auto.misses = AutoDrafter.ENTRY_MISSES  # now the model would draft: it promises more
+    auto.propose(context, 8)
+    assert auto.chosen[1] == "model"
+    auto = AutoDrafter(lookup, model, _cpu_verify, draft_prefill_ms=3.3)
+    assert _pass(auto, 0, context) == "short"
+    assert auto.acceptance("short") == pytest.approx((0.9 * 0.6 * 4) / (0.9 * 4 + 1))  # 0.47
 
 
 def _confident_pass(auto, context, top1):
