@@ -118,11 +118,16 @@ class ModelDrafter:
         """Tokens the draft's next proposal must feed before drafting (at most `rejoin`)."""
         return min(self.lag(context), self.rejoin)
 
-    def entry_tokens(self, context: Sequence[int]) -> int:
-        """Tokens a (re)start feeds: the prompt window the first time, else `rejoin`."""
+    def _entry_offset(self, context: Sequence[int]) -> int:
+        """Where a (re)start reads the context from: the prompt window the first time, else
+        `rejoin` tokens back."""
         if self._offset is None:
-            return min(len(context), self.window) if self.window else len(context)
-        return self.rejoin
+            return max(0, len(context) - self.window) if self.window else 0
+        return len(context) - self.rejoin
+
+    def entry_tokens(self, context: Sequence[int]) -> int:
+        """Tokens a (re)start feeds."""
+        return len(context) - self._entry_offset(context)
 
     def propose(self, context: Sequence[int], budget: int) -> DraftTree:
         started = time.perf_counter()
@@ -135,10 +140,8 @@ class ModelDrafter:
             self._depth, self._step_ms = 0, None
             self._proposed_at = time.perf_counter()
             return tree
-        if self._offset is None:
-            self._offset = max(0, len(context) - self.window) if self.window else 0
-        elif self.lag(context) > self.rejoin:  # far behind after other drafters' passes
-            self._offset = len(context) - self.rejoin
+        if self._offset is None or self.lag(context) > self.rejoin:  # (far behind: other drafters')
+            self._offset = self._entry_offset(context)
         logits = self.session.sync(context[self._offset:])  # [V] draft logits after the context
         self._steps = 1
         node, used, path_prob = 0, 0, 1.0
@@ -420,7 +423,7 @@ class AutoDrafter:
         saved = length.verify_ms(1) - length.best_ms_per_token(confidence)
         return saved * horizon > self.model.entry_tokens(context) * self.draft_prefill_ms
 
-    def _prefer_lookup(self, kind: str, tree: DraftTree, model_pays: bool = True) -> bool:
+    def _prefer_lookup(self, kind: str, tree: DraftTree, model_pays: bool) -> bool:
         """Whether lookup drafts this pass (cutting `tree` to its best depth in place): it must
         beat the model's rate, or a plain pass's where the model would not draft."""
         if self.model is None or self.verify_ms is None:

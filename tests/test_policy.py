@@ -326,6 +326,7 @@ def test_auto_enters_the_model_only_where_the_targets_confidence_pays_its_prefil
     from edgespec.runtime.drafters import AutoDrafter, ModelDrafter
     model = _stub_model(offset=None, rejoin=32)
     model.window = 128
+    model._entry_offset = MethodType(ModelDrafter._entry_offset, model)
     model.entry_tokens = MethodType(ModelDrafter.entry_tokens, model)
     auto = AutoDrafter(_Stub([]), model, _cpu_verify, draft_prefill_ms=3.3)
     context = list(range(300))
