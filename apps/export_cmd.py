@@ -11,9 +11,13 @@ from .cli import cli
 @click.argument("source")
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="bundle folder to write")
 @click.option("--quant", type=click.Choice(["int4", "int8", "fp16", "fp32"]), default="int4", show_default=True)
-@click.option("--block-size", type=int, default=32, show_default=True, help="int4/int8 quantization block size")
+@click.option("--block-size", type=int, default=None,
+              help="int4/int8 quantization block size [default: the preset's, else 32]")
 @click.option("--accuracy-level", type=int, default=4, show_default=True,
               help="MatMulNBits compute precision: 4 = int8, 1 = fp32")
+@click.option("--algo", type=click.Choice(["rtn", "k_quant"]), default=None,
+              help="int4 block fitting: round to nearest, or k_quant (slower export; with "
+              "--block-size 128, faster decoding at nearly the quality of 32) [default: the preset's, else rtn]")
 @click.option("--max-context", type=int, default=None, help="KV cache rows (default: min(model limit, 4096))")
 @click.option("--role", type=click.Choice(["target", "draft"]), default=None)
 @click.option("--layers", default=None, help="keep only these decoder layers, e.g. 0-19 or 0-13,21-27 "
@@ -24,12 +28,15 @@ from .cli import cli
 @click.option("--force", is_flag=True, help="replace a non-empty output folder")
 @click.option("--no-parity", is_flag=True, help="skip the logits check against the source model")
 @click.option("--check", is_flag=True, help="also measure top-1 agreement and perplexity vs the source model")
-def export_command(source, output, quant, block_size, accuracy_level, max_context, role, layers, draft_vocab,
+def export_command(source, output, quant, block_size, accuracy_level, algo, max_context, role, layers, draft_vocab,
                    force, no_parity, check):
     """Export SOURCE (HF folder, .gguf file, or preset) to an ONNX bundle."""
     from ..export.pipeline import ExportOptions, export
     from ..quant.recipes import Recipe
-    recipe = Recipe(quant, block_size=block_size, accuracy_level=accuracy_level)
+    preset = _preset(source)
+    block_size = block_size or (preset.block_size if preset else 32)
+    algo = algo or (preset.algo if preset and quant == "int4" else "rtn")
+    recipe = Recipe(quant, block_size=block_size, accuracy_level=accuracy_level, algo=algo)
     manifest = export(source, output, ExportOptions(recipe=recipe, max_context=max_context, role=role,
                                                     force=force, parity=not no_parity, layers=layers,
                                                     draft_vocab=draft_vocab))
@@ -44,3 +51,10 @@ def export_command(source, output, quant, block_size, accuracy_level, max_contex
     if check:
         from ..quant.quality import quality_report, format_report
         click.echo(format_report(quality_report(output)), err=True)
+
+
+def _preset(source: str):
+    """The preset SOURCE names (its recipe is the default), or None for files and folders."""
+    from pathlib import Path
+    from ..export import presets
+    return presets.get(source) if source in presets.names() and not Path(source).exists() else None

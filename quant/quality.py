@@ -272,6 +272,8 @@ def _recipe_label(quant: dict) -> str:
     label = quant.get("precision", "?")
     if "block_size" in quant:
         label += f" b{quant['block_size']} acc{quant.get('accuracy_level')}"
+        if quant.get("algo", "rtn") != "rtn":
+            label += f" {quant['algo']}"
     return label
 
 

@@ -94,8 +94,32 @@ def test_int4_top1_agreement(tiny_bundle, tiny_int4_bundle):
     b = Session(tiny_int4_bundle).forward(text).argmax(-1)
     assert np.mean(a == b) >= 0.80
     m = read_manifest(tiny_int4_bundle)
-    assert m.quant == {"precision": "int4", "block_size": 32, "accuracy_level": 4, "symmetric": True}
+    assert m.quant == {"precision": "int4", "block_size": 32, "accuracy_level": 4, "symmetric": True,
+                       "algo": "rtn"}
     assert m.sizes["bundle_bytes"] < read_manifest(tiny_bundle).sizes["bundle_bytes"] / 2
+
+
+def test_k_quant_fits_a_zero_point_per_block_and_stays_faithful(tiny_hf, tiny_bundle, tmp_path):
+    """k_quant (32-weight blocks: the tiny model is 64 wide): every MatMulNBits carries zero points (rtn's symmetric blocks
+    have none), the manifest says which fit was used, and the bundle still agrees with fp32."""
+    import onnx
+    from edgespec.export.pipeline import ExportOptions, export
+    from edgespec.quant.recipes import Recipe
+    m = export(str(tiny_hf), tmp_path / "k", ExportOptions(recipe=Recipe("int4", algo="k_quant"), parity=False))
+    assert m.quant["algo"] == "k_quant"
+    graph = onnx.load(tmp_path / "k" / m.model_file, load_external_data=False).graph
+    matmuls = [n for n in graph.node if n.op_type == "MatMulNBits"]
+    assert matmuls and all(len(n.input) >= 4 and n.input[3] for n in matmuls)
+    text = list(range(3, 200, 3))
+    a = Session(tiny_bundle).forward(text).argmax(-1)
+    b = Session(tmp_path / "k").forward(text).argmax(-1)
+    assert np.mean(a == b) >= 0.80
+
+
+def test_k_quant_is_int4_only(tiny_hf, tmp_path):
+    r = cli_export(tiny_hf, "-o", tmp_path / "out", "--quant", "int8", "--algo", "k_quant")
+    assert_clean_failure(r, "k_quant applies to int4 only (got int8)")
+    assert not (tmp_path / "out").exists()
 
 
 def test_manifest_is_complete(tiny_bundle):

@@ -198,3 +198,16 @@ def test_smollm2_is_verified_in_place_without_import():
     assert (cache.gguf_dir() / "SmolLM2-135M-Instruct.Q4_1.gguf.sha256").is_file()
     assert not (cache.gguf_dir() / "SmolLM2-135M-Instruct.Q4_1.gguf").exists()  # no copy
     assert assemble("smollm2-135m") == path
+
+
+
+def test_export_of_a_preset_defaults_to_its_recipe(tmp_path, monkeypatch):
+    """`edgespec export qwen2.5-coder-1.5b` without --block-size/--algo builds what first use
+    prepares (128-weight k_quant blocks); a folder of the same name is a folder, not the preset."""
+    from edgespec.apps.export_cmd import _preset
+    target = _preset("qwen2.5-coder-1.5b")
+    assert (target.block_size, target.algo) == (128, "k_quant")
+    assert _preset("model.gguf") is None
+    (tmp_path / "qwen2.5-coder-1.5b").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert _preset("qwen2.5-coder-1.5b") is None
