@@ -9,8 +9,11 @@ graph (`model.genai.onnx`, same weights) with the same thread count.
 Per prompt: `warmup` untimed rounds, then `repeats` timed rounds, each round
 running every mode once (interleaved against a shared machine's drift); medians of
 decode / prefill tok/s, acceptance, tokens per target pass and the time split;
-whether the ids equal the `plain` ids (and where they first differ); decode
-tok/s as a ratio of the `genai` anchor. Per category: medians over prompts.
+whether the ids equal the `plain` ids (and where they first differ, with the
+target's logit gap between the two tokens there: batched and single-token
+kernels round differently, so a lossless mode may take the other side of a
+near-tie); decode tok/s as a ratio of the `genai` anchor. Per category: medians
+over prompts, and the largest gap at any divergence.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from pathlib import Path
 from typing import Callable, NamedTuple, Sequence
 
 from ..export.errors import EdgespecError
+from ..export.manifest import read_manifest
 from ..runtime.memory import peak_rss_mb
 
 EDGESPEC_MODES = ("plain", "chain", "tree", "ngram", "auto", "mixed", "recycle")
@@ -282,7 +286,6 @@ def _first_load(target_path: Path, threads: int):
     first, 1.01x. With this load first, no measured mode pays that and another not.
     """
     import onnxruntime as ort
-    from ..export.manifest import read_manifest
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     return ort.InferenceSession(str(target_path / read_manifest(target_path).model_file), so,
@@ -331,7 +334,7 @@ def _runners(modes, target_path: Path, draft_path: Path | None, threads: int, sh
         "genai-spec": lambda: GenaiRunner(genai(True), draft=True),
         "genai-ngram": lambda: GenaiRunner(genai(False), ngram_size=GENAI_NGRAM_SIZE),
     }
-    return {m: factories[m] for m in modes}
+    return {m: factories[m] for m in modes}, lambda: session("target")
 
 
 # ----------------------------------------------------------------------------- the suite
@@ -372,8 +375,8 @@ def run_suite(target: str | Path, draft: str | Path | None = None, modes: Sequen
             if reason:
                 unsupported[m] = reason
     ballast = _first_load(target_path, threads)  # noqa: F841  (kept alive until the suite ends)
-    factories = _runners([m for m in modes if m not in unsupported], target_path, draft_path, threads,
-                         shared_pool)
+    factories, target_session = _runners([m for m in modes if m not in unsupported], target_path,
+                                         draft_path, threads, shared_pool)
     runners: dict[str, object] = {}
     for m, make in factories.items():
         try:
@@ -385,6 +388,7 @@ def run_suite(target: str | Path, draft: str | Path | None = None, modes: Sequen
                 raise
             unsupported[m] = f"{type(e).__name__}: {e}"
     encode = _encoder(target_path)
+    eos = read_manifest(target_path).eos_token_ids
 
     from tqdm import tqdm
     bar = tqdm(total=len(prompts) * len(runners) * (warmup + repeats), desc="bench", unit="run",
@@ -407,6 +411,7 @@ def run_suite(target: str | Path, draft: str | Path | None = None, modes: Sequen
             for m in runners:
                 row["modes"][m] = _aggregate(trials[m])
             _compare(row)
+            _explain_divergences(row, ids, lambda prefix: _last_logits(target_session(), prefix), eos)
             rows.append(row)
     finally:
         bar.close()
@@ -470,6 +475,41 @@ def _compare(row: dict) -> None:
         r["ratio_vs_genai"] = r["decode_tok_s"] / anchor if anchor else None
 
 
+def _last_logits(session, ids: list[int]):
+    """The target's logits after `ids` as one fresh sequence ([vocab]); the cache is left empty."""
+    session.reset()
+    try:
+        return session.prefill(ids)
+    finally:
+        session.reset()
+
+
+def _explain_divergences(row: dict, ids: list[int], last_logits: Callable, eos: Sequence[int]) -> None:
+    """For each mode whose ids differ from plain's, score the common prefix once with the target
+    and record the logit gap between plain's token and the mode's at the first difference (a
+    reply that ended there took the likeliest end token). A gap of a few hundredths is a
+    near-tie that the kernels' rounding decides; a large one would be a bug."""
+    ref = row["modes"].get(REFERENCE, {}).get("token_ids")
+    for r in row["modes"].values():
+        r["divergence"] = None
+        at = r.get("first_divergence")
+        if ref is None or at is None:
+            continue
+        logits = last_logits(list(ids) + ref[:at])  # [vocab]
+        end = max(eos, key=lambda t: logits[t]) if eos else None
+        ours, theirs = (seq[at] if at < len(seq) else end for seq in (ref, r["token_ids"]))
+        if ours is None or theirs is None:
+            continue
+        r["divergence"] = {"at": at, "plain_token": int(ours), "token": int(theirs),
+                           "logit_gap": float(logits[ours] - logits[theirs]),
+                           "rank": int((logits > logits[theirs]).sum())}  # 0: the scored argmax
+
+
+def _max_gap(rs: list[dict]) -> float | None:
+    gaps = [abs(r["divergence"]["logit_gap"]) for r in rs if r.get("divergence")]
+    return max(gaps) if gaps else None
+
+
 def _median(values) -> float | None:
     values = [v for v in values if v is not None]
     return statistics.median(values) if values else None
@@ -496,6 +536,7 @@ def _categories(rows: list[dict], modes: list[str]) -> dict:
                 "drafted_per_pass": _median(r.get("drafted_per_pass", 0.0) for r in rs),
                 "ratio_vs_genai": _median(r["ratio_vs_genai"] for r in rs),
                 "matches_plain": f"{sum(matches)}/{len(matches)}" if matches else None,
+                "max_divergence_gap": _max_gap(rs),
                 "split": {k: _median(r["split"][k] for r in rs) for k in ("draft", "verify", "overhead")},
             }
     return out

@@ -70,6 +70,11 @@ def _fmt(v, spec: str) -> str:
     return "-" if v is None else format(v, spec)
 
 
+def _matches(r: dict) -> str:
+    gap = r.get("max_divergence_gap")
+    return (r["matches_plain"] or "-") + ("" if gap is None else f" Δ{gap:.2f}")
+
+
 def print_table(result: dict) -> None:
     """Per-category medians, one row per mode, to stdout."""
     from rich.console import Console
@@ -90,9 +95,13 @@ def print_table(result: dict) -> None:
                           _fmt(r.get("drafted_per_pass"), ".1f"), _fmt(r["tokens_per_pass"], ".2f"),
                           _fmt(r["acceptance_rate"], ".0%"),
                           "/".join(_fmt(split[k], ".0%") for k in ("draft", "verify", "overhead")),
-                          r["matches_plain"] or "-", end_section=i == len(modes) - 1)
+                          _matches(r), end_section=i == len(modes) - 1)
     console = Console(width=max(Console().width, 150))
     console.print(table)
+    if any(r.get("max_divergence_gap") is not None for modes in result["categories"].values()
+           for r in modes.values()):
+        console.print("= plain: prompts whose ids equal plain's; Δ: the target's largest logit gap between "
+                      "plain's token and the mode's where they first differ (small: a near-tie)")
     for mode, reason in result["unsupported"].items():
         console.print(f"{mode}: not run ({reason})")
     console.print(f"peak RSS {result['peak_rss_mb']:.0f} MB")

@@ -99,8 +99,62 @@ def test_speculative_and_genai_outputs_equal_plain(suite_result):
             r = row["modes"][mode]
             assert r["token_ids"] == plain, (row["id"], mode, r["first_divergence"])
             assert r["matches_plain"] is True and r["first_divergence"] is None
+            assert r["divergence"] is None
     drafted = [row["modes"][m] for row in suite_result["prompts"] for m in ("chain", "tree", "ngram")]
     assert sum(r["trials"][0]["proposed"] for r in drafted) > 0
+
+
+def test_a_divergence_is_scored_where_it_happens():
+    """Where a mode's ids leave plain's, the target scores the common prefix once: the gap between
+    plain's token and the mode's there says whether it was a near-tie; a reply that stopped there
+    is compared through the likeliest end token."""
+    import numpy as np
+    from edgespec.apps.bench import _categories, _compare, _explain_divergences
+    row = {"id": "p", "category": "completion", "modes": {
+        "plain": {"token_ids": [5, 6, 7], "decode_tok_s": 1.0},
+        "same": {"token_ids": [5, 6, 7], "decode_tok_s": 1.0},
+        "swap": {"token_ids": [5, 9, 7], "decode_tok_s": 1.0},
+        "short": {"token_ids": [5, 6], "decode_tok_s": 1.0}}}
+    scored = []
+
+    def last_logits(ids):
+        scored.append(list(ids))
+        logits = np.zeros(12, np.float32)
+        logits[[6, 9, 7, 1, 0]] = [2.0, 1.95, 0.5, 3.0, -1.0]
+        return logits
+
+    _compare(row)
+    _explain_divergences(row, [100, 101], last_logits, eos=[0, 1])
+    modes = row["modes"]
+    assert modes["plain"]["divergence"] is None and modes["same"]["divergence"] is None
+    swap = modes["swap"]["divergence"]
+    assert (swap["at"], swap["plain_token"], swap["token"], swap["rank"]) == (1, 6, 9, 2)
+    assert swap["logit_gap"] == pytest.approx(0.05, abs=1e-6)
+    short = modes["short"]["divergence"]
+    assert (short["at"], short["plain_token"], short["token"]) == (2, 7, 1)  # end token 1 beats 0
+    assert short["logit_gap"] == pytest.approx(-2.5)
+    assert scored == [[100, 101, 5], [100, 101, 5, 6]]
+    for r in modes.values():
+        r.update(prefill_tok_s=1.0, acceptance_rate=0.0, tokens_per_pass=1.0,
+                 split={"draft": 0.0, "verify": 1.0, "overhead": 0.0})
+    cats = _categories([row], list(modes))["completion"]
+    assert cats["same"]["max_divergence_gap"] is None
+    assert cats["swap"]["max_divergence_gap"] == pytest.approx(0.05, abs=1e-6)
+    assert cats["short"]["max_divergence_gap"] == pytest.approx(2.5)
+
+
+def test_divergences_are_scored_on_a_fresh_target_sequence(bench_bundles):
+    """The scorer's logits are the last row of a plain run over the ids, and it leaves the
+    session's cache empty for the next trial."""
+    import numpy as np
+    from edgespec.apps.bench import _last_logits
+    from edgespec.runtime.session import Session
+    session = Session(bench_bundles[0])
+    ids = list(range(40, 130))
+    session.prefill([1, 2, 3])  # whatever the previous trial left
+    got = _last_logits(session, ids)
+    assert session.cache.length == 0 and session.history == []
+    np.testing.assert_allclose(got, Session(bench_bundles[0]).forward(ids)[-1], atol=1e-4)
 
 
 def test_draft_modes_without_a_draft_are_refused(bench_bundles):
