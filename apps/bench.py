@@ -490,12 +490,15 @@ def _explain_divergences(row: dict, ids: list[int], last_logits: Callable, eos: 
     reply that ended there took the likeliest end token). A gap of a few hundredths is a
     near-tie that the kernels' rounding decides; a large one would be a bug."""
     ref = row["modes"].get(REFERENCE, {}).get("token_ids")
+    scored: dict[int, object] = {}  # divergence point -> logits (modes often part at the same token)
     for r in row["modes"].values():
         r["divergence"] = None
         at = r.get("first_divergence")
         if ref is None or at is None:
             continue
-        logits = last_logits(list(ids) + ref[:at])  # [vocab]
+        if at not in scored:
+            scored[at] = last_logits(list(ids) + ref[:at])  # [vocab]
+        logits = scored[at]
         end = max(eos, key=lambda t: logits[t]) if eos else None
         ours, theirs = (seq[at] if at < len(seq) else end for seq in (ref, r["token_ids"]))
         if ours is None or theirs is None:

@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import click
 
+from ..quant.recipes import ALGOS, PRECISIONS
 from .cli import cli
 
 
 @cli.command("export")
 @click.argument("source")
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="bundle folder to write")
-@click.option("--quant", type=click.Choice(["int4", "int8", "fp16", "fp32"]), default="int4", show_default=True)
+@click.option("--quant", type=click.Choice(PRECISIONS), default="int4", show_default=True)
 @click.option("--block-size", type=int, default=None,
               help="int4/int8 quantization block size [default: the preset's, else 32]")
 @click.option("--accuracy-level", type=int, default=4, show_default=True,
               help="MatMulNBits compute precision: 4 = int8, 1 = fp32")
-@click.option("--algo", type=click.Choice(["rtn", "k_quant"]), default=None,
+@click.option("--algo", type=click.Choice(ALGOS), default=None,
               help="int4 block fitting: round to nearest, or k_quant (slower export; with "
               "--block-size 128, faster decoding at nearly the quality of 32) [default: the preset's, else rtn]")
 @click.option("--max-context", type=int, default=None, help="KV cache rows (default: min(model limit, 4096))")
@@ -34,9 +35,9 @@ def export_command(source, output, quant, block_size, accuracy_level, algo, max_
     from ..export.pipeline import ExportOptions, export
     from ..quant.recipes import Recipe
     preset = _preset(source)
-    block_size = block_size or (preset.block_size if preset else 32)
-    algo = algo or (preset.algo if preset and quant == "int4" else "rtn")
-    recipe = Recipe(quant, block_size=block_size, accuracy_level=accuracy_level, algo=algo)
+    default = preset.recipe() if preset and quant == "int4" else Recipe(quant)
+    block_size = block_size or (preset.block_size if preset else default.block_size)
+    recipe = Recipe(quant, block_size=block_size, accuracy_level=accuracy_level, algo=algo or default.algo)
     manifest = export(source, output, ExportOptions(recipe=recipe, max_context=max_context, role=role,
                                                     force=force, parity=not no_parity, layers=layers,
                                                     draft_vocab=draft_vocab))

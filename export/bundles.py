@@ -26,7 +26,7 @@ def bundle_path(ref: str | Path, recipe: Recipe | None = None) -> Path:
     except EdgespecError:
         raise EdgespecError(f"'{ref}' is neither a bundle folder nor a preset "
                             f"(presets: {', '.join(presets.names())})") from None
-    recipe = recipe or Recipe("int4", block_size=preset.block_size, algo=preset.algo)
+    recipe = recipe or preset.recipe()
     out = preset_bundle_dir(preset.name, recipe)
     if (out / MANIFEST_NAME).is_file() and Recipe.from_dict(read_manifest(out).quant) != recipe:
         print(f"re-preparing {preset.name}: its recipe is now {recipe.to_dict()}", file=sys.stderr)

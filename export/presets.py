@@ -42,6 +42,11 @@ class Preset:
     block_size: int = 32           # int4/int8 block size of the bundle prepared on first use
     algo: str = "rtn"              # how its int4 blocks are fitted (quant.recipes.ALGOS)
 
+    def recipe(self):
+        """The int4 recipe of the bundle prepared on first use (and of `edgespec export PRESET`)."""
+        from ..quant.recipes import Recipe
+        return Recipe("int4", block_size=self.block_size, algo=self.algo)
+
     def __post_init__(self):
         if self.role not in ROLES:
             raise ValueError(f"preset {self.name!r}: role {self.role!r} is not one of {ROLES}")

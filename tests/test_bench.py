@@ -114,6 +114,7 @@ def test_a_divergence_is_scored_where_it_happens():
         "plain": {"token_ids": [5, 6, 7], "decode_tok_s": 1.0},
         "same": {"token_ids": [5, 6, 7], "decode_tok_s": 1.0},
         "swap": {"token_ids": [5, 9, 7], "decode_tok_s": 1.0},
+        "swap-too": {"token_ids": [5, 9, 8], "decode_tok_s": 1.0},  # parts at the same token: scored once
         "short": {"token_ids": [5, 6], "decode_tok_s": 1.0}}}
     scored = []
 
@@ -130,6 +131,7 @@ def test_a_divergence_is_scored_where_it_happens():
     swap = modes["swap"]["divergence"]
     assert (swap["at"], swap["plain_token"], swap["token"], swap["rank"]) == (1, 6, 9, 2)
     assert swap["logit_gap"] == pytest.approx(0.05, abs=1e-6)
+    assert modes["swap-too"]["divergence"] == swap
     short = modes["short"]["divergence"]
     assert (short["at"], short["plain_token"], short["token"]) == (2, 7, 1)  # end token 1 beats 0
     assert short["logit_gap"] == pytest.approx(-2.5)
