@@ -381,6 +381,7 @@ class AutoDrafter:
         if not model_pays:
             self.chosen = None
             self.choices["none"] += 1
+            self._proposed_at = time.perf_counter()
             return DraftTree(context[-1])
         self.chosen = (self.model, "model")
         self.choices["model"] += 1
@@ -443,7 +444,10 @@ class AutoDrafter:
         self.misses = 0 if delivered else self.misses + 1
         if logits is not None and (self.chosen is None or self.chosen[0] is self.lookup):
             self._observe_confidence(logits[verdict.accepted[-self.CONFIDENCE_ROWS:]])
+        length = self.model.length if self.model is not None else None
         if self.chosen is None:
+            if hasattr(length, "observe_costs"):  # a plain pass: what drafting competes with
+                length.observe_costs(None, (time.perf_counter() - self._proposed_at) * 1000, 1)
             return
         member, kind = self.chosen
         member.observe(verdict, tree, logits)
@@ -453,7 +457,6 @@ class AutoDrafter:
             evidence[0] = self.decay * evidence[0] + min(verdict.num_accepted + 1, depth)
             evidence[1] = self.decay * evidence[1] + verdict.num_accepted
             self.idle[kind] = 0
-            length = self.model.length if self.model is not None else None
             if hasattr(length, "observe_costs"):  # lookup passes time verify too
                 length.observe_costs(None, (time.perf_counter() - self._proposed_at) * 1000, len(tree))
 

@@ -74,6 +74,12 @@ class CostAwareLength:
         # timed during generation set its level and the draft step's cost.
         self.cost_decay = cost_decay
         self.verify_scale = 1.0
+        # A one-token pass is memory-bound where wider ones are compute-bound, so the two move
+        # apart under conditions the profile did not see: on 2 MB pages (chat, serve, bench) a
+        # 1.5B pass over 1 token took 29-38 ms against 41-43 ms on 4 KB pages, over 4 tokens
+        # 60-71 against 62-69. Priced on one level, drafts that lost to plain passes were
+        # taken. So one-token passes set their own level, once one is timed.
+        self.single_scale: float | None = None
         self.k = self.best_k()
 
     @property
@@ -81,6 +87,8 @@ class CostAwareLength:
         return self.successes / self.trials
 
     def verify_ms(self, s: int) -> float:
+        if s == 1 and self.single_scale is not None:
+            return self.single_scale * self.profile_ms(1)
         return self.verify_scale * self.profile_ms(s)
 
     def rate(self, k: int, extra_ms: float = 0.0, acceptance: float | None = None) -> float:
@@ -122,7 +130,12 @@ class CostAwareLength:
         a = self.cost_decay
         if draft_ms_per_step is not None:
             self.draft_ms = a * self.draft_ms + (1 - a) * draft_ms_per_step
-        self.verify_scale = a * self.verify_scale + (1 - a) * verify_ms / self.profile_ms(size)
+        scale = verify_ms / self.profile_ms(size)
+        if size == 1:
+            level = self.verify_scale if self.single_scale is None else self.single_scale
+            self.single_scale = a * level + (1 - a) * scale
+        else:
+            self.verify_scale = a * self.verify_scale + (1 - a) * scale
         self._choose_k()  # (keeps a due probe: a pass's costs come after its update)
 
     def update(self, accepted: int, proposed_depth: int) -> None:

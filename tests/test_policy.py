@@ -38,6 +38,23 @@ def test_live_costs_set_the_curve_level():
     assert policy.k > k_slow_draft
 
 
+def test_one_token_passes_keep_their_own_level():
+    """Where plain passes run faster than the profile says (2 MB pages) and wider ones do not,
+    a marginal draft that paid on the profile's curve stops paying — and only then."""
+    curve = {1: 39.1, 2: 45.2, 3: 52.5, 4: 62.0, 6: 79.2, 8: 102.4}
+    import numpy as np
+    verify = lambda s: float(np.interp(s, list(curve), list(curve.values())))  # noqa: E731
+    policy = CostAwareLength(verify_ms=verify, draft_ms=10.7, prior=0.65, cost_decay=0.5)
+    assert policy.k == 1  # 1.65 tokens in 10.7 + 45.2 ms beat one in 39.1 ms
+    for _ in range(10):
+        policy.observe_costs(10.7, 45.2, size=2)  # wider passes as profiled
+    assert policy.k == 1 and policy.single_scale is None
+    for _ in range(10):
+        policy.observe_costs(None, 33.0, size=1)  # plain passes 16% faster than profiled
+    assert abs(policy.verify_ms(1) - 33.0) < 0.1 and abs(policy.verify_ms(2) - 45.2) < 0.1
+    assert policy.k == 0
+
+
 def test_low_acceptance_shrinks_then_probes():
     """A realistic CPU curve: good acceptance drafts several tokens, bad acceptance stops."""
     curve = {1: 43.5, 2: 47, 3: 56, 4: 67, 6: 88, 8: 111, 12: 158, 16: 212}
