@@ -12,8 +12,10 @@ decode / prefill tok/s, acceptance, tokens per target pass and the time split;
 whether the ids equal the `plain` ids (and where they first differ, with the
 target's logit gap between the two tokens there: batched and single-token
 kernels round differently, so a lossless mode may take the other side of a
-near-tie); decode tok/s as a ratio of the `genai` anchor. Per category: medians
-over prompts, and the largest gap at any divergence.
+near-tie); decode tok/s as a ratio of the `genai` anchor, and over `plain`'s
+within each round (paired: the machine's swings between rounds cancel). Per
+category: medians over prompts, the worst prompt's paired ratio, and the
+largest gap at any divergence.
 """
 
 from __future__ import annotations
@@ -411,6 +413,7 @@ def run_suite(target: str | Path, draft: str | Path | None = None, modes: Sequen
             for m in runners:
                 row["modes"][m] = _aggregate(trials[m])
             _compare(row)
+            _pair(row, trials)
             _explain_divergences(row, ids, lambda prefix: _last_logits(target_session(), prefix), eos)
             rows.append(row)
     finally:
@@ -473,6 +476,18 @@ def _compare(row: dict) -> None:
             r["first_divergence"] = _first_divergence(r["token_ids"], ref)
             r["matches_plain"] = r["first_divergence"] is None
         r["ratio_vs_genai"] = r["decode_tok_s"] / anchor if anchor else None
+
+
+def _pair(row: dict, trials: dict[str, list[Trial]]) -> None:
+    """Add paired_vs_plain to each mode of one prompt: the median over rounds of its decode
+    speed over plain's *in the same round*. A shared machine's speed swings between rounds
+    (plain's own trials of one prompt spread 26% here), which a ratio of medians carries
+    into the comparison and a ratio within one round mostly cancels."""
+    if REFERENCE not in trials:
+        return
+    for m, ts in trials.items():
+        ratios = [t.decode_tok_s / p.decode_tok_s for t, p in zip(ts, trials[REFERENCE]) if p.decode_tok_s > 0]
+        row["modes"][m]["paired_vs_plain"] = statistics.median(ratios) if ratios else None
 
 
 def _last_logits(session, ids: list[int]):
@@ -538,6 +553,9 @@ def _categories(rows: list[dict], modes: list[str]) -> dict:
                 "tokens_per_pass": _median(r["tokens_per_pass"] for r in rs),
                 "drafted_per_pass": _median(r.get("drafted_per_pass", 0.0) for r in rs),
                 "ratio_vs_genai": _median(r["ratio_vs_genai"] for r in rs),
+                "paired_vs_plain": _median(r.get("paired_vs_plain") for r in rs),
+                "worst_vs_plain": min((r["paired_vs_plain"] for r in rs if r.get("paired_vs_plain") is not None),
+                                      default=None),
                 "matches_plain": f"{sum(matches)}/{len(matches)}" if matches else None,
                 "max_divergence_gap": _max_gap(rs),
                 "split": {k: _median(r["split"][k] for r in rs) for k in ("draft", "verify", "overhead")},

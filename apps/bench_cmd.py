@@ -75,6 +75,12 @@ def _matches(r: dict) -> str:
     return (r["matches_plain"] or "-") + ("" if gap is None else f" Δ{gap:.2f}")
 
 
+def _paired(r: dict) -> str:
+    if r.get("paired_vs_plain") is None:
+        return "-"
+    return f"{r['paired_vs_plain']:.2f} ({r['worst_vs_plain']:.2f})"
+
+
 def print_table(result: dict) -> None:
     """Per-category medians, one row per mode, to stdout."""
     from rich.console import Console
@@ -83,7 +89,7 @@ def print_table(result: dict) -> None:
     table = Table(title=f"{Path(meta['target']).name} vs {meta['anchor']}: {meta['threads']} threads, "
                         f"{meta['max_tokens']} new tokens, median of {meta['repeats']}")
     for name, justify in [("category", "left"), ("mode", "left"), ("decode tok/s", "right"),
-                          (f"x {meta['anchor']}", "right"), ("prefill tok/s", "right"),
+                          (f"x {meta['anchor']}", "right"), ("x plain (worst)", "right"), ("prefill tok/s", "right"),
                           ("drafted/pass", "right"), ("tok/pass", "right"), ("accept", "right"), ("draft/verify/other", "right"),
                           ("= plain", "right")]:
         table.add_column(name, justify=justify)
@@ -91,7 +97,7 @@ def print_table(result: dict) -> None:
         for i, (mode, r) in enumerate(modes.items()):
             split = r["split"]
             table.add_row(cat if i == 0 else "", mode, _fmt(r["decode_tok_s"], ".1f"),
-                          _fmt(r["ratio_vs_genai"], ".2f"), _fmt(r["prefill_tok_s"], ".0f"),
+                          _fmt(r["ratio_vs_genai"], ".2f"), _paired(r), _fmt(r["prefill_tok_s"], ".0f"),
                           _fmt(r.get("drafted_per_pass"), ".1f"), _fmt(r["tokens_per_pass"], ".2f"),
                           _fmt(r["acceptance_rate"], ".0%"),
                           "/".join(_fmt(split[k], ".0%") for k in ("draft", "verify", "overhead")),
@@ -102,6 +108,8 @@ def print_table(result: dict) -> None:
            for r in modes.values()):
         console.print("= plain: prompts whose ids equal plain's; Δ: the target's largest logit gap between "
                       "plain's token and the mode's where they first differ (small: a near-tie)")
+    console.print("x plain: decode speed over plain's in the same round (median over rounds and prompts; "
+                  "worst prompt in brackets)")
     for mode, reason in result["unsupported"].items():
         console.print(f"{mode}: not run ({reason})")
     console.print(f"peak RSS {result['peak_rss_mb']:.0f} MB")

@@ -193,3 +193,29 @@ def test_bench_command_writes_json_and_png(bench_bundles, tmp_path):
 
     again = CliRunner().invoke(cli, args)
     assert again.exit_code != 0 and "--force" in again.output
+
+
+def test_modes_are_paired_with_plain_round_by_round(suite_result):
+    """x plain divides speeds measured in the same round: a machine twice as fast in round 2 leaves
+    a mode 10% ahead and then 10% behind plain at a median of 1.0, where the ratio of medians
+    (29 / 30) would blame the mode; the category reports the worst prompt."""
+    from edgespec.apps.bench import Trial, _categories, _pair
+
+    def trial(tok_s):
+        return Trial([1], 1, 0.1, 100 / tok_s, 100)
+    rows = []
+    for name, plain, auto in [("p1", [20, 40], [22, 36]), ("p2", [30, 30], [27, 27])]:
+        row = {"id": name, "category": "explain", "modes": {"plain": {}, "auto": {}}}
+        _pair(row, {"plain": [trial(t) for t in plain], "auto": [trial(t) for t in auto]})
+        rows.append(row)
+    assert rows[0]["modes"]["auto"]["paired_vs_plain"] == pytest.approx(1.0)
+    assert rows[1]["modes"]["auto"]["paired_vs_plain"] == pytest.approx(0.9)
+    for row in rows:
+        for r in row["modes"].values():
+            r.update(decode_tok_s=1.0, prefill_tok_s=1.0, acceptance_rate=0.0, tokens_per_pass=1.0,
+                     ratio_vs_genai=None, matches_plain=True, split={"draft": 0, "verify": 1, "overhead": 0})
+    auto = _categories(rows, ["plain", "auto"])["explain"]["auto"]
+    assert auto["paired_vs_plain"] == pytest.approx(0.95) and auto["worst_vs_plain"] == pytest.approx(0.9)
+    for row in suite_result["prompts"]:  # a real run: plain over itself is exactly 1
+        assert row["modes"]["plain"]["paired_vs_plain"] == 1.0
+        assert row["modes"]["chain"]["paired_vs_plain"] > 0
