@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-SPECULATIVE = ("chain", "tree", "ngram", "genai-spec", "genai-ngram")
+SPECULATIVE = ("chain", "tree", "ngram", "auto", "mixed", "recycle", "genai-spec", "genai-ngram")
 
 
 def plot_suite(result: dict, path: str | Path) -> Path:
