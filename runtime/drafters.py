@@ -440,14 +440,16 @@ class AutoDrafter:
         return self._rate(self.acceptance(kind), depth, len(tree) - 1) >= rival
 
     def observe(self, verdict, tree=None, logits=None):
+        unmodelled = self.chosen is None or self.chosen[0] is self.lookup  # plain or lookup pass
         delivered = self.chosen is not None and self.chosen[0] is self.lookup and verdict.num_accepted > 0
         self.misses = 0 if delivered else self.misses + 1
-        if logits is not None and (self.chosen is None or self.chosen[0] is self.lookup):
+        if logits is not None and unmodelled:
             self._observe_confidence(logits[verdict.accepted[-self.CONFIDENCE_ROWS:]])
         length = self.model.length if self.model is not None else None
+        if unmodelled and tree is not None and hasattr(length, "observe_costs"):
+            # the model's policy prices its drafts against these passes' verify costs
+            length.observe_costs(None, (time.perf_counter() - self._proposed_at) * 1000, len(tree))
         if self.chosen is None:
-            if hasattr(length, "observe_costs"):  # a plain pass: what drafting competes with
-                length.observe_costs(None, (time.perf_counter() - self._proposed_at) * 1000, 1)
             return
         member, kind = self.chosen
         member.observe(verdict, tree, logits)
@@ -457,8 +459,6 @@ class AutoDrafter:
             evidence[0] = self.decay * evidence[0] + min(verdict.num_accepted + 1, depth)
             evidence[1] = self.decay * evidence[1] + verdict.num_accepted
             self.idle[kind] = 0
-            if hasattr(length, "observe_costs"):  # lookup passes time verify too
-                length.observe_costs(None, (time.perf_counter() - self._proposed_at) * 1000, len(tree))
 
     def _observe_confidence(self, rows: np.ndarray) -> None:
         """Fold in the target's top-1 probability at each row (the rows that chose emitted tokens)."""
