@@ -453,8 +453,19 @@ def _aggregate(trials: list[Trial]) -> dict:
         "split": split,
         "new_tokens": len(trials[-1].token_ids),
         "token_ids": trials[-1].token_ids,
+        # Trials can part from one another: a drafter's live costs carry over from one reply to
+        # the next, so its passes (and the kernels' rounding at near-ties) can differ.
+        "replies": _distinct([t.token_ids for t in trials]),
         "trials": [t.summary() for t in trials],
     }
+
+
+def _distinct(seqs: list[list[int]]) -> list[list[int]]:
+    out: list[list[int]] = []
+    for seq in seqs:
+        if seq not in out:
+            out.append(seq)
+    return out
 
 
 def _first_divergence(a: list[int], b: list[int]) -> int | None:
@@ -465,16 +476,24 @@ def _first_divergence(a: list[int], b: list[int]) -> int | None:
 
 
 def _compare(row: dict) -> None:
-    """Add matches_plain / first_divergence and ratio_vs_genai to each mode of one prompt."""
+    """Add matches_plain / first_divergence and ratio_vs_genai to each mode of one prompt
+    (matching: every trial's reply equals plain's last)."""
     modes = row["modes"]
     ref = modes.get(REFERENCE, {}).get("token_ids")
     anchor = modes.get(ANCHOR, {}).get("decode_tok_s")
     for m, r in modes.items():
         if ref is None:
             r["matches_plain"], r["first_divergence"] = None, None
-        else:
-            r["first_divergence"] = _first_divergence(r["token_ids"], ref)
-            r["matches_plain"] = r["first_divergence"] is None
+            continue
+        # Every trial's reply counts, not only the last: `token_ids` becomes the one that
+        # parts from plain's first, so that is the one whose divergence gets scored.
+        parted = [(at, seq) for seq in r.get("replies") or [r["token_ids"]]
+                  if (at := _first_divergence(seq, ref)) is not None]
+        r["matches_plain"] = not parted
+        r["first_divergence"] = None
+        if parted:
+            r["first_divergence"], r["token_ids"] = min(parted, key=lambda p: p[0])
+            r["new_tokens"] = len(r["token_ids"])
         r["ratio_vs_genai"] = r["decode_tok_s"] / anchor if anchor else None
 
 

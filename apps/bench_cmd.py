@@ -106,7 +106,7 @@ def print_table(result: dict) -> None:
     console.print(table)
     if any(r.get("max_divergence_gap") is not None for modes in result["categories"].values()
            for r in modes.values()):
-        console.print("= plain: prompts whose ids equal plain's; Δ: the target's largest logit gap between "
+        console.print("= plain: prompts where every trial's ids equal plain's; Δ: the target's largest logit gap between "
                       "plain's token and the mode's where they first differ (small: a near-tie)")
     console.print("x plain: decode speed over plain's in the same round (median over rounds and prompts; "
                   "worst prompt in brackets)")

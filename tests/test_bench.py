@@ -132,6 +132,12 @@ def test_a_divergence_is_scored_where_it_happens():
     assert (swap["at"], swap["plain_token"], swap["token"], swap["rank"]) == (1, 6, 9, 2)
     assert swap["logit_gap"] == pytest.approx(0.05, abs=1e-6)
     assert modes["swap-too"]["divergence"] == swap
+    row["modes"]["later"] = {"token_ids": [5, 6, 7], "decode_tok_s": 1.0,  # its last trial matches
+                             "replies": [[5, 6, 7, 8], [5, 6, 7], [5, 9, 7]]}
+    _compare(row)
+    later = row["modes"]["later"]
+    assert later["matches_plain"] is False and later["first_divergence"] == 1  # the earliest parting
+    assert later["token_ids"] == [5, 9, 7] and later["new_tokens"] == 3
     short = modes["short"]["divergence"]
     assert (short["at"], short["plain_token"], short["token"]) == (2, 7, 1)  # end token 1 beats 0
     assert short["logit_gap"] == pytest.approx(-2.5)
