@@ -455,17 +455,9 @@ def _aggregate(trials: list[Trial]) -> dict:
         "token_ids": trials[-1].token_ids,
         # Trials can part from one another: a drafter's live costs carry over from one reply to
         # the next, so its passes (and the kernels' rounding at near-ties) can differ.
-        "replies": _distinct([t.token_ids for t in trials]),
+        "replies": [list(ids) for ids in dict.fromkeys(tuple(t.token_ids) for t in trials)],  # distinct
         "trials": [t.summary() for t in trials],
     }
-
-
-def _distinct(seqs: list[list[int]]) -> list[list[int]]:
-    out: list[list[int]] = []
-    for seq in seqs:
-        if seq not in out:
-            out.append(seq)
-    return out
 
 
 def _first_divergence(a: list[int], b: list[int]) -> int | None:
