@@ -453,8 +453,9 @@ def _aggregate(trials: list[Trial]) -> dict:
         "split": split,
         "new_tokens": len(trials[-1].token_ids),
         "token_ids": trials[-1].token_ids,
-        # Trials can part from one another: a drafter's live costs carry over from one reply to
-        # the next, so its passes (and the kernels' rounding at near-ties) can differ.
+        # Trials can part from one another: each reply's drafter sizes its passes from costs timed
+        # live, so trials verify at different widths, and a one-token pass rounds differently from
+        # a wider one (up to 0.3 in a logit on the 1.5B; README): near-ties fall either way.
         "replies": [list(ids) for ids in dict.fromkeys(tuple(t.token_ids) for t in trials)],  # distinct
         "trials": [t.summary() for t in trials],
     }
