@@ -227,7 +227,7 @@ def _pass(auto, lookup_accepts, context=(1, 2, 3)):
 def test_auto_follows_what_each_drafter_delivers():
     """Lookup drafts while it delivers (sized to its acceptance); when its proposals keep
     failing the model drafts instead, and lookup is re-tried every `probe_every` passes."""
-    from edgespec.runtime.drafters import AutoDrafter
+    from edgespec.runtime.auto import AutoDrafter
     # cost_decay=1: keep the profile's costs (stubs take microseconds, not a CPU's milliseconds)
     model = _Stub([7, 8, 9], length=CostAwareLength(_cpu_verify, draft_ms=12.0, prior=0.9, cost_decay=1.0))
     lookup = _Stub([4, 5, 6, 7, 8, 9, 10], last_match=4)
@@ -256,7 +256,7 @@ def test_auto_counts_the_drafts_catch_up_after_lookup_runs():
     more than a model pass brings, so auto takes a plain pass, while a short lag (or the first
     sync) lets the model draft. A draft behind by more than a few tokens enters only after
     ENTRY_MISSES lookup misses, and then whatever its lag."""
-    from edgespec.runtime.drafters import AutoDrafter
+    from edgespec.runtime.auto import AutoDrafter
     model = _stub_model(offset=0, rejoin=128)
     auto = AutoDrafter(_Stub([]), model, _cpu_verify, draft_prefill_ms=3.3)
     context = list(range(300))
@@ -284,7 +284,7 @@ def test_auto_counts_the_drafts_catch_up_after_lookup_runs():
 def test_auto_skips_the_models_prefill_at_an_edits_short_gaps():
     """An edit: lookup copies, with two-pass gaps at the edit points. The draft never pays its
     prefill there; fresh text (lookup missing ENTRY_MISSES passes in a row) brings it in."""
-    from edgespec.runtime.drafters import AutoDrafter
+    from edgespec.runtime.auto import AutoDrafter
     model = _stub_model(offset=None, rejoin=32)
     copy = [4, 5, 6, 7]
     lookup = _Stub(copy, last_match=6)
@@ -305,7 +305,7 @@ def test_auto_takes_a_short_lookup_over_a_plain_pass_while_the_model_waits():
     """A short match that loses to the model's rate still beats a plain pass, so while the
     model waits to enter (lookup has not missed ENTRY_MISSES passes) lookup drafts. One
     rejected short match does not stop short matches: the prior is worth PRIOR_TRIALS."""
-    from edgespec.runtime.drafters import AutoDrafter
+    from edgespec.runtime.auto import AutoDrafter
     model = _stub_model(offset=None, rejoin=32)
     lookup = _Stub([4, 5], last_match=2)
     auto = AutoDrafter(lookup, model, _cpu_verify, draft_prefill_ms=3.3, priors={"long": 0.9, "short": 0.45})
@@ -341,7 +341,8 @@ def test_auto_enters_the_model_only_where_the_targets_confidence_pays_its_prefil
     tokens costs less, so it pays at a confidence that the first entry did not; near
     max_tokens nothing pays."""
     from types import MethodType
-    from edgespec.runtime.drafters import AutoDrafter, ModelDrafter
+    from edgespec.runtime.auto import AutoDrafter
+    from edgespec.runtime.drafters import ModelDrafter
     model = _stub_model(offset=None, rejoin=32)
     model.window = 128
     model._entry_offset = MethodType(ModelDrafter._entry_offset, model)
@@ -367,7 +368,7 @@ def test_auto_enters_the_model_only_where_the_targets_confidence_pays_its_prefil
 
 
 def test_auto_without_profiles_takes_lookup_first():
-    from edgespec.runtime.drafters import AutoDrafter
+    from edgespec.runtime.auto import AutoDrafter
     model = _Stub([7, 8], length=DraftLength())
     auto = AutoDrafter(_Stub([4, 5], last_match=2), model, verify_ms=None)
     assert _pass(auto, 0) == "short"
