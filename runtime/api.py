@@ -177,7 +177,7 @@ class Generator:
         timing = Timing()
         drafter = self._drafter(params)
         if hasattr(drafter, "end"):  # a drafter that weighs what is left of the generation
-            drafter.end = len(ids) + max_tokens
+            drafter.end, drafter.prompt_len = len(ids) + max_tokens, len(ids)
         detok = Detokenizer(self.tokenizer)
         # A stop string may begin in text already emitted: keep just enough of it to see one.
         tail_len = max((len(s) for s in stops), default=1) - 1

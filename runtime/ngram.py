@@ -54,6 +54,12 @@ class NgramDrafter:
             for n in range(self.min_ngram, min(self.max_ngram, e) + 1):
                 self.index.setdefault(tuple(ctx[e - n:e]), []).append(e)
 
+    def source_end(self, ngram: Sequence[int], limit: int) -> int | None:
+        """Where the latest occurrence of `ngram` that ends before `limit` ends (the position of
+        the token that followed it), or None: where a copy of that occurrence stands."""
+        ends = [e for e in self.index.get(tuple(ngram), ()) if e < limit]
+        return ends[-1] if ends else None
+
     def propose(self, context: Sequence[int], budget: int) -> DraftTree:
         """Draft tree with root context[-1] and at most `budget` nodes beyond it."""
         if len(context) == 0:

@@ -367,6 +367,37 @@ def test_auto_enters_the_model_only_where_the_targets_confidence_pays_its_prefil
     assert not auto._entry_pays(context)
 
 
+def test_auto_leaves_an_edits_gaps_to_lookup_while_its_source_is_left_to_copy():
+    """An edit copies its prompt: after a long copy, lookup is expected to copy the rest of the
+    prompt from the copy's source on, so the model's prefill must pay back within what the reply
+    has left beyond that. A completion that quoted the prompt's last lines keeps its horizon."""
+    from types import MethodType, SimpleNamespace
+    from edgespec.runtime.auto import AutoDrafter
+    from edgespec.runtime.drafters import ModelDrafter, _ngram
+    prompt = list(range(1000, 1300))
+
+    def after_copy(start):
+        """The model's entry check after the reply copied prompt[start:start+10], then a long
+        lookup pass copied 8 more and the target's own token (an edit) followed."""
+        model = _stub_model(offset=None, rejoin=32)
+        model.window = 128
+        model._entry_offset = MethodType(ModelDrafter._entry_offset, model)
+        model.entry_tokens = MethodType(ModelDrafter.entry_tokens, model)
+        auto = AutoDrafter(_ngram(None, None), model, _cpu_verify, draft_prefill_ms=3.3)
+        auto.prompt_len, auto.end = len(prompt), len(prompt) + 200
+        auto._confidence = [0.9, 1.0]
+        context = prompt + prompt[start:start + 10]
+        tree = auto.propose(context, 8)
+        assert auto.chosen[1] == "long" and tree.tokens[1:] == prompt[start + 10:start + 18]
+        auto.observe(SimpleNamespace(num_accepted=8), tree)
+        context += prompt[start + 10:start + 18] + [7]
+        auto.propose(context, 8)
+        return auto.to_copy, auto._entry_pays(context)
+
+    assert after_copy(100) == (300 - 118, False)  # 182 tokens to copy, 181 left in the reply
+    assert after_copy(272) == (300 - 290, True)  # a quote of the last lines: 10 left to copy
+
+
 def test_auto_without_profiles_takes_lookup_first():
     from edgespec.runtime.auto import AutoDrafter
     model = _Stub([7, 8], length=DraftLength())
