@@ -91,7 +91,6 @@ class AutoDrafter:
         self.end: int | None = None  # context length where this generation stops (max_tokens)
         self.prompt_len: int | None = None  # context tokens that are the prompt
         self.to_copy = 0  # prompt tokens after the source of the last long copy
-        self._copied = False  # the last pass accepted a long copy: find its source
         self.choices = {"long": 0, "short": 0, "model": 0, "none": 0}
 
     def acceptance(self, kind: str) -> float:
@@ -114,8 +113,6 @@ class AutoDrafter:
 
     def propose(self, context, budget):
         tree = self.lookup.propose(context, budget)
-        if self._copied:
-            self._locate_copy(context)
         model_pays = self.model is not None and self._model_pays(context)
         if len(tree) > 1:
             inner = self.lookup.inner
@@ -161,14 +158,11 @@ class AutoDrafter:
         catch_up = lag * self.draft_prefill_ms / self.CATCH_UP_PASSES
         return length.rate(length.k, extra_ms=catch_up) >= length.rate(0)
 
-    def _locate_copy(self, context) -> None:
-        """Where in the prompt the copy just accepted stands (the n-gram before the target's own
-        token, which may be an edit), and so how much of the prompt is left to copy."""
-        self._copied = False
-        inner = self.lookup.inner
-        if self.prompt_len is None or len(context) <= inner.long_match:
-            return
-        end = inner.source_end(context[-inner.long_match - 1:-1], self.prompt_len)
+    def _locate_copy(self, copied) -> None:
+        """Where in the prompt a long copy just accepted stands (`copied`: its last accepted
+        tokens, before the target's own token, which may be an edit), and so how much of the
+        prompt is left to copy."""
+        end = self.lookup.inner.source_end(copied, self.prompt_len)
         if end is not None:
             self.to_copy = self.prompt_len - end
 
@@ -218,7 +212,9 @@ class AutoDrafter:
             evidence[0] = self.decay * evidence[0] + min(verdict.num_accepted + 1, depth)
             evidence[1] = self.decay * evidence[1] + verdict.num_accepted
             self.idle[kind] = 0
-            self._copied = kind == "long" and verdict.num_accepted >= self.lookup.inner.long_match
+            n, accepted = self.lookup.inner.long_match, verdict.num_accepted
+            if kind == "long" and accepted >= n and self.prompt_len is not None:
+                self._locate_copy(verdict.tokens[accepted - n:accepted])
 
     def _observe_confidence(self, rows: np.ndarray) -> None:
         """Fold in the target's top-1 probability at each row (the rows that chose emitted tokens)."""

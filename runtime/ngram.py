@@ -57,8 +57,8 @@ class NgramDrafter:
     def source_end(self, ngram: Sequence[int], limit: int) -> int | None:
         """Where the latest occurrence of `ngram` that ends before `limit` ends (the position of
         the token that followed it), or None: where a copy of that occurrence stands."""
-        ends = [e for e in self.index.get(tuple(ngram), ()) if e < limit]
-        return ends[-1] if ends else None
+        ends = self.index.get(tuple(ngram), ())  # ascending
+        return next((e for e in reversed(ends) if e < limit), None)
 
     def propose(self, context: Sequence[int], budget: int) -> DraftTree:
         """Draft tree with root context[-1] and at most `budget` nodes beyond it."""

@@ -389,8 +389,9 @@ def test_auto_leaves_an_edits_gaps_to_lookup_while_its_source_is_left_to_copy():
         context = prompt + prompt[start:start + 10]
         tree = auto.propose(context, 8)
         assert auto.chosen[1] == "long" and tree.tokens[1:] == prompt[start + 10:start + 18]
-        auto.observe(SimpleNamespace(num_accepted=8), tree)
-        context += prompt[start + 10:start + 18] + [7]
+        emitted = prompt[start + 10:start + 18] + [7]  # the copy, then an edit
+        auto.observe(SimpleNamespace(num_accepted=8, tokens=emitted), tree)
+        context += emitted
         auto.propose(context, 8)
         return auto.to_copy, auto._entry_pays(context)
 
