@@ -136,6 +136,21 @@ def test_confidence_prices_each_drafted_token():
     assert not policy.worth_looking(1, 0.6)  # 0.6 * 0.85 * ~28 ms < 10 ms step + 12 ms verify
 
 
+def test_drafting_looks_past_an_expensive_token_to_cheap_ones():
+    """Where the third verified token is dear and the next ones nearly free, a draft step whose
+    own token does not pay is still taken for the run it starts; where they all are dear, not."""
+    uneven = {1: 40.0, 2: 44.0, 3: 60.0, 4: 61.0, 5: 62.0, 6: 63.0}
+    steep = {1: 40.0, 2: 44.0, 3: 60.0, 4: 76.0, 5: 92.0, 6: 108.0}
+    for curve, takes_it in ((uneven, True), (steep, False)):
+        policy = CostAwareLength(verify_ms=lambda s, c=curve: c[min(s, 6)], draft_ms=5.0, prior=0.9, k_max=5)
+        path = 0.9
+        one_token = path * policy.acceptance * policy.ms_per_token()
+        assert one_token < policy.draft_ms + curve[3] - curve[2]  # the next token alone does not pay
+        assert policy.worth_looking(1, path) is takes_it
+        drafted = 0.8 * (curve[3] - curve[2]) / policy.ms_per_token()  # its step paid, alone it does not pay
+        assert policy.worth_including(1, drafted) is takes_it
+
+
 class _ConfidenceSession:
     """A draft session stub whose next-token distribution has a given top probability per
     position: token i+1 follows token i with probability confidence[i]."""
