@@ -103,12 +103,13 @@ class ModelDrafter:
         self.branch_min_prob = branch_min_prob
         self.rng = rng or np.random.default_rng(params.seed)
         self._depth = 0
+        self._peeked, self._peek_s = None, 0.0  # (context, logits, seconds) of the last peek
         self.ids = session.logit_ids  # logit column -> token id (a frequent-token draft head), or None
         self.vocab_size = session.vocab_size
 
     def reset(self) -> None:
         self.session.reset()
-        self._offset = None
+        self._offset, self._peeked = None, None
 
     def lag(self, context: Sequence[int]) -> int:
         """Context tokens the draft has not read yet."""
@@ -129,8 +130,29 @@ class ModelDrafter:
         """Tokens a (re)start feeds."""
         return len(context) - self._entry_offset(context)
 
+    def peek(self, context: Sequence[int]) -> int:
+        """The token the draft ranks first after `context`; the step is kept for the next
+        proposal after the same context."""
+        started = time.perf_counter()
+        logits = self._logits_after(context)
+        self._peeked = (list(context), logits, time.perf_counter() - started)
+        best = int(np.argmax(logits))
+        return int(self.ids[best]) if self.ids is not None else best
+
+    def _logits_after(self, context: Sequence[int]) -> np.ndarray:
+        """Bring the draft session to `context` (from its offset) and return its next logits,
+        or the logits a `peek` at this context already computed."""
+        peeked, self._peeked = self._peeked, None
+        if peeked is not None and peeked[0] == list(context):
+            self._peek_s = peeked[2]
+            return peeked[1]
+        if self._offset is None or self.lag(context) > self.rejoin:  # (far behind: other drafters')
+            self._offset = self._entry_offset(context)
+        return self.session.sync(context[self._offset:])
+
     def propose(self, context: Sequence[int], budget: int) -> DraftTree:
         started = time.perf_counter()
+        self._peek_s = 0.0
         tree = DraftTree(context[-1])
         priced = hasattr(self.length, "worth_including")  # a cost-aware policy prices each token
         most = self.length.k_max if priced and self.length.k else self.length.k
@@ -140,9 +162,7 @@ class ModelDrafter:
             self._depth, self._step_ms = 0, None
             self._proposed_at = time.perf_counter()
             return tree
-        if self._offset is None or self.lag(context) > self.rejoin:  # (far behind: other drafters')
-            self._offset = self._entry_offset(context)
-        logits = self.session.sync(context[self._offset:])  # [V] draft logits after the context
+        logits = self._logits_after(context)  # [V] draft logits after the context
         self._steps = 1
         node, used, path_prob = 0, 0, 1.0
         deterministic = self.params.greedy or self.tree
@@ -190,7 +210,8 @@ class ModelDrafter:
         self._proposed_at = time.perf_counter()
         # A sync that fed a whole prompt is a prefill, not a draft step's cost.
         steady = self._depth and self.session.last_fed <= 4
-        self._step_ms = (self._proposed_at - started) * 1000 / self._steps if steady else None
+        spent = self._proposed_at - started + self._peek_s
+        self._step_ms = spent * 1000 / self._steps if steady else None
         return tree
 
     def observe(self, verdict: Verdict, tree: DraftTree | None = None, logits=None) -> None:

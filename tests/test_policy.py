@@ -414,6 +414,34 @@ def test_auto_leaves_an_edits_gaps_to_lookup_while_its_source_is_left_to_copy():
     assert after_copy(272) == (300 - 290, True)  # a quote of the last lines: 10 left to copy
 
 
+def test_auto_takes_lookup_only_where_the_drafting_model_agrees_with_its_first_token():
+    """While the model drafts, a lookup proposal is checked against the draft's first token (one
+    draft step, which the model's own proposal then reuses): disagreeing, the model drafts."""
+    from edgespec.runtime.auto import AutoDrafter
+    from edgespec.runtime.drafters import ModelDrafter
+
+    class Counting(_ConfidenceSession):
+        syncs = 0
+
+        def sync(self, tokens):
+            Counting.syncs += 1
+            return super().sync(tokens)
+
+    session = Counting([0.99] * 64)  # the draft's top token after n context tokens is n
+    model = ModelDrafter(session, length=CostAwareLength(_cpu_verify, draft_ms=2.0, prior=0.9), window=None)
+    model.propose([0, 1, 2, 3, 4], budget=4)  # drafting already: its cache follows the context
+    context = [0, 1, 2, 3, 4, 5]
+    for chain, chosen, first in (([9, 10, 11, 12, 13, 14], "model", 6), ([6, 7, 8, 9, 10, 11], "long", 6)):
+        auto = AutoDrafter(_Stub(chain, last_match=8), model, _cpu_verify, draft_prefill_ms=1.0)
+        syncs = Counting.syncs
+        tree = auto.propose(context, 8)
+        assert (auto.chosen[1], tree.tokens[1], auto.peeks, auto.vetoed) == (chosen, first, 1, chosen == "model")
+        assert Counting.syncs == syncs + 1  # the check's step is the model's first step
+    unchecked = AutoDrafter(_Stub([9, 10, 11, 12, 13, 14], last_match=8), model, _cpu_verify, draft_prefill_ms=1.0)
+    unchecked.PEEK_LAG = -1  # (never this close behind)
+    assert unchecked.propose(context, 8).tokens[1] == 9 and unchecked.chosen[1] == "long"
+
+
 def test_auto_without_profiles_takes_lookup_first():
     from edgespec.runtime.auto import AutoDrafter
     model = _Stub([7, 8], length=DraftLength())
