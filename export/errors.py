@@ -11,3 +11,12 @@ class SourceError(EdgespecError):
 
 class MissingPackageError(EdgespecError):
     """A Python package that holds model weights is not installed; the message has the pip command."""
+
+
+class InputError(EdgespecError, ValueError):
+    """A bad value from the caller (prompt, sampling value, option, stop string): a ValueError
+    to Python code, a one-line message to the CLI and a 400 to the server."""
+
+
+class BundleError(EdgespecError):
+    """A bundle is unusable: missing or corrupt files, or a manifest that contradicts its graph."""
