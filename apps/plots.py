@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..export.files import replacing
+
 SPECULATIVE = ("chain", "tree", "ngram", "auto", "mixed", "recycle", "genai-spec", "genai-ngram")
 
 
@@ -69,6 +71,9 @@ def plot_suite(result: dict, path: str | Path) -> Path:
 
     fig.tight_layout()
     path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    try:
+        with replacing(path) as tmp:  # a failed write keeps the old plot
+            fig.savefig(tmp, dpi=120)
+    finally:
+        plt.close(fig)
     return path

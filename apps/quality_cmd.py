@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import click
 
+from ..export.files import atomic_write_text
 from .cli import cli
+from .options import THREADS
 
 
 @cli.command("quality")
@@ -19,9 +20,9 @@ from .cli import cli
 @click.option("--recipes", default="int4,int8,fp32", show_default=True, help="with --compare: comma-separated")
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="with --compare: folder for the bundles (one subfolder per recipe; existing ones are reused)")
-@click.option("--windows", type=int, default=8, show_default=True, help="text windows to evaluate")
-@click.option("--window-len", type=int, default=256, show_default=True, help="tokens per window")
-@click.option("--threads", type=int, default=None, help="intra-op threads [default: physical cores]")
+@click.option("--windows", type=click.IntRange(min=1), default=8, show_default=True, help="text windows to evaluate")
+@click.option("--window-len", type=click.IntRange(min=2), default=256, show_default=True, help="tokens per window")
+@click.option("--threads", type=THREADS, default=None, help="intra-op threads [default: physical cores]")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="also write the report here")
 def quality_command(bundle, reference, compare_source, recipes, out, windows, window_len, threads, json_path):
     """Perplexity and top-1 agreement of BUNDLE vs its unquantized source, on Python stdlib text."""
@@ -31,7 +32,12 @@ def quality_command(bundle, reference, compare_source, recipes, out, windows, wi
     if compare_source is not None:
         if out is None:
             raise click.UsageError("--compare needs --out DIR for the exported bundles")
+        from ..quant.recipes import RECIPES
         names = [r.strip() for r in recipes.split(",") if r.strip()]
+        unknown = [n for n in names if n not in RECIPES]
+        if unknown:
+            raise click.BadParameter(f"unknown recipe(s) {', '.join(unknown)}; choose from {', '.join(RECIPES)}",
+                                     param_hint="'--recipes'")
         report = compare_recipes(compare_source, names, out, reference=reference, windows=windows,
                                  window_len=window_len, threads=threads)
     else:
@@ -40,5 +46,5 @@ def quality_command(bundle, reference, compare_source, recipes, out, windows, wi
         report = quality_report(bundle, reference, windows=windows, window_len=window_len, threads=threads)
     click.echo(format_report(report))
     if json_path:
-        Path(json_path).write_text(json.dumps(report, indent=2) + "\n")
+        atomic_write_text(json_path, json.dumps(report, indent=2) + "\n")
         click.echo(f"report written to {json_path}", err=True)

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..export.files import atomic_write_text
+
 SIZES = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
 QUICK_SIZES = (1, 2, 3, 4, 6, 8)  # enough to size chains; measured on first use
 
@@ -93,7 +95,7 @@ def load_or_measure(session, remeasure: bool = False, progress=None, sizes=SIZES
             return profile
     profile = measure(session, sizes=sizes, progress=progress)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(profile.to_json())
+    atomic_write_text(path, profile.to_json())
     return profile
 
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import shutil
 import sys
 from pathlib import Path
 
 from ..quant.recipes import Recipe
 from .cache import cache_root
-from .errors import EdgespecError
+from .errors import BundleError, EdgespecError
+from .files import remove_stale
 from .manifest import MANIFEST_NAME, read_manifest
 
 
@@ -28,14 +30,22 @@ def bundle_path(ref: str | Path, recipe: Recipe | None = None) -> Path:
                             f"(presets: {', '.join(presets.names())})") from None
     recipe = recipe or preset.recipe()
     out = preset_bundle_dir(preset.name, recipe)
-    if (out / MANIFEST_NAME).is_file() and Recipe.from_dict(read_manifest(out).quant) != recipe:
-        print(f"re-preparing {preset.name}: its recipe is now {recipe.to_dict()}", file=sys.stderr)
-        (out / MANIFEST_NAME).unlink()
-    if not (out / MANIFEST_NAME).is_file():
-        from .pipeline import ExportOptions, export
-        print(f"preparing {preset.name} ({recipe.precision}) in {out} (first use)", file=sys.stderr)
-        export(preset.name, out, ExportOptions(recipe=recipe, role=preset.role, force=True))
-    else:
+    remove_stale(out.parent, out.name)  # puts back a bundle that a killed re-preparation set aside
+    if (out / MANIFEST_NAME).is_file():
         from .upgrade import upgrade
-        upgrade(out)
+        try:
+            if Recipe.from_dict(read_manifest(out).quant) == recipe:
+                upgrade(out)  # checks the files first
+                return out
+            # the old bundle stays usable until export renames the new one into place
+            print(f"re-preparing {preset.name}: its recipe is now {recipe.to_dict()}", file=sys.stderr)
+        except BundleError as e:  # a damaged cached bundle is ours to rebuild
+            print(f"re-preparing {preset.name}: {e}", file=sys.stderr)
+    else:
+        # a folder here without a manifest: an older edgespec's interrupted re-preparation
+        if out.is_dir() and not out.is_symlink():
+            shutil.rmtree(out)
+        print(f"preparing {preset.name} ({recipe.precision}) in {out} (first use)", file=sys.stderr)
+    from .pipeline import ExportOptions, export
+    export(preset.name, out, ExportOptions(recipe=recipe, role=preset.role, force=True))
     return out

@@ -9,15 +9,20 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from .files import remove_stale
+
 
 def cache_root() -> Path:
-    env = os.environ.get("EDGESPEC_CACHE")
-    if env:
-        root = Path(env).expanduser()
-    else:
-        root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "edgespec"
+    root = _root()
     root.mkdir(parents=True, exist_ok=True)
     return root
+
+
+def _root() -> Path:
+    env = os.environ.get("EDGESPEC_CACHE")
+    if env:
+        return Path(env).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "edgespec"
 
 
 def cache_dir(name: str) -> Path:
@@ -38,3 +43,10 @@ def hf_dir() -> Path:
 
 def bundles_dir() -> Path:
     return cache_dir("bundles")
+
+
+def remove_stale_work() -> None:
+    """Remove what killed runs left in the cache: `.SHA.tmp-PID` dequantization folders (GBs for
+    a preset) and `.NAME.partial-PID` exports; a bundle a killed replacement left aside goes back."""
+    for name in ("hf", "bundles"):
+        remove_stale(_root() / name)

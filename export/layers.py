@@ -43,7 +43,7 @@ def keep_layers(hf_dir: Path, layers: list[int], out: Path) -> Path:
     from safetensors.torch import save_file
     if (out / "config.json").is_file():
         return out
-    tmp = out.with_name(out.name + f".tmp-{os.getpid()}")
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")  # removed by files.remove_stale if killed
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:

@@ -1,8 +1,9 @@
 """SOURCE -> bundle: resolve, build, rewrite for tree attention, check parity, write manifest.
 
-The bundle is assembled in a hidden sibling folder and renamed into place at
-the end, and its manifest is written last: an interrupted export leaves
-nothing that looks like a bundle.
+The bundle is assembled in a hidden sibling folder (`.NAME.partial-PID`) and
+renamed into place at the end, and its manifest is written last: an interrupted
+export leaves nothing that looks like a bundle, and a bundle it replaces stays
+whole until then. --force replaces only a bundle (check_output_dir).
 """
 
 from __future__ import annotations
@@ -20,10 +21,12 @@ from tqdm import tqdm
 from .. import __version__
 from ..quant.quality import bundle_bytes
 from ..quant.recipes import Recipe
-from . import sources
+from . import files, sources
 from .builder import build_graph
 from .errors import EdgespecError
-from .manifest import Manifest
+from .integrity import record_files
+from .cache import remove_stale_work
+from .manifest import MANIFEST_NAME, Manifest
 from .parity import parity_report
 from .tokenizer_files import copy_tokenizer, stop_token_ids, tokenizer_sha256
 from . import last_logits
@@ -46,21 +49,60 @@ class ExportOptions:
     draft_vocab: int | None = None  # rows of a frequent-token draft head (None: draft_vocab.default_size)
 
 
-def check_output_dir(out: Path, force: bool) -> None:
+def check_output_dir(out: Path, force: bool, source: str | None = None) -> None:
+    """Refuse, before any work, an output that export must not replace: --force replaces only a
+    bundle, and never the source, the working directory, a folder holding either, or a mount point."""
     if out.exists() and not out.is_dir():
         raise EdgespecError(f"output '{out}' exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not force:
-        raise EdgespecError(f"output folder '{out}' is not empty; choose another -o or pass --force to replace it")
+    if not out.is_dir():
+        return
+    real = out.resolve()
+    src = Path(source).expanduser() if source else None
+    if src is not None and src.exists():
+        if src.resolve() == real:
+            raise EdgespecError(f"output folder '{out}' is the source; choose another -o")
+        if real in src.resolve().parents:
+            raise EdgespecError(f"output folder '{out}' holds the source '{source}'; choose another -o")
+    cwd = Path.cwd().resolve()
+    if cwd == real:
+        raise EdgespecError(f"output folder '{out}' is the working directory; choose another -o")
+    if real in cwd.parents:
+        raise EdgespecError(f"output folder '{out}' holds the working directory; choose another -o")
+    if os.path.ismount(real):
+        raise EdgespecError(f"output folder '{out}' is a mount point; choose a new folder inside it")
+    if any(out.iterdir()):
+        if not force:
+            raise EdgespecError(f"output folder '{out}' is not empty; choose another -o or pass --force to replace it")
+        if not (out / MANIFEST_NAME).is_file():
+            raise EdgespecError(f"output folder '{out}' is not an edgespec bundle (no {MANIFEST_NAME}); "
+                                "--force replaces only a bundle: choose another -o")
+
+
+def _claim_work(out: Path) -> Path:
+    """This export's hidden work folder next to `out`; made here, so that an output that
+    cannot be written is refused before the build."""
+    work = files.work_path(out, "partial")
+    try:
+        if work.exists():  # this PID's: a dead process's, whose PID we now have
+            shutil.rmtree(work)
+        work.mkdir(parents=True)
+    except OSError as e:
+        raise files.write_error(out, e) from None
+    return work
 
 
 def export(source: str, out: str | Path, options: ExportOptions | None = None) -> Manifest:
     options = options or ExportOptions()
     recipe = options.recipe.validate()
     out = Path(out).absolute()
-    check_output_dir(out, options.force)
+    # what a killed export of `out` left (only that: the folder is the user's); before the check,
+    # as it may put a bundle back at `out`
+    files.remove_stale(out.parent, out.name, kinds=("partial", "old"))
+    remove_stale_work()
+    check_output_dir(out, options.force, source)
+    work = _claim_work(out)
     stages = ["resolve source", "build graph", "tree attention", "tokenizer", "parity", "finish"]
     bar = tqdm(total=len(stages), desc="export", unit="stage", file=sys.stderr, leave=True)
-    work = out.parent / f".{out.name}.partial-{os.getpid()}"
     started = time.time()
     try:
         bar.set_postfix_str(stages[0])
@@ -69,9 +111,6 @@ def export(source: str, out: str | Path, options: ExportOptions | None = None) -
         if options.layers:
             resolved, kept = _shallow(resolved, options.layers)
         bar.update()
-        if work.exists():
-            shutil.rmtree(work)
-        work.mkdir(parents=True)
         bar.set_postfix_str(stages[1])
         build = work / "build"
         build_graph(resolved.hf_dir, build, recipe, work / "cache", work / "builder.log")
@@ -113,10 +152,9 @@ def export(source: str, out: str | Path, options: ExportOptions | None = None) -
             "source_gguf_bytes": resolved.gguf_path.stat().st_size if resolved.gguf_path else None,
             "export_seconds": round(time.time() - started, 1),
         }
+        manifest.files = record_files(bundle)  # sizes and sha256, checked at load (export/integrity.py)
         manifest.write(bundle)
-        if out.exists():
-            shutil.rmtree(out)
-        bundle.rename(out)
+        files.replace_folder(bundle, out)  # the old bundle stays whole until the new one is in place
         bar.update()
     finally:
         bar.close()

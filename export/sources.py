@@ -196,7 +196,7 @@ def _from_gguf(path: Path, kind: str, name: str, sha256: str | None = None) -> R
         return resolved
     info = read_gguf_info(path)
     check_architecture(info.architecture, str(path))
-    tmp = root / f".{sha256[:16]}.tmp-{os.getpid()}"
+    tmp = root / f".{sha256[:16]}.tmp-{os.getpid()}"  # removed by files.remove_stale if killed
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         _dequantize(path, info, tmp)

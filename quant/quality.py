@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..export.errors import EdgespecError
+from ..export.errors import EdgespecError, InputError
 from ..export.manifest import MANIFEST_NAME, Manifest, read_manifest
 from .recipes import RECIPES, Recipe
 from .text import eval_text
@@ -115,7 +115,7 @@ def cut_windows(ids: list[int], windows: int, window_len: int) -> list[list[int]
     """`windows` non-overlapping slices of `window_len` tokens, evenly spread over `ids`
     (fewer when the text is too short for that many)."""
     if windows < 1 or window_len < 2:
-        raise ValueError(f"need at least 1 window of at least 2 tokens (got {windows} x {window_len})")
+        raise InputError(f"need at least 1 window of at least 2 tokens (got {windows} x {window_len})")
     count = min(windows, len(ids) // window_len)
     if count == 0:
         raise EdgespecError(f"the evaluation text has {len(ids)} tokens, fewer than one window of {window_len}")
@@ -211,7 +211,7 @@ def compare_recipes(source: str, recipes=("int4", "int8", "fp32"), out_root: str
     from ..export.pipeline import ExportOptions, export
     unknown = [r for r in recipes if r not in RECIPES]
     if unknown:
-        raise ValueError(f"unknown recipe(s) {', '.join(unknown)}; choose from {', '.join(RECIPES)}")
+        raise InputError(f"unknown recipe(s) {', '.join(unknown)}; choose from {', '.join(RECIPES)}")
     resolved = sources.resolve(source)
     out_root = Path(out_root)
     bundles = []
