@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import EdgespecError
+from .errors import BundleError
+from .files import atomic_write_text
 
 MANIFEST_NAME = "edgespec.json"
 FORMAT_VERSION = 1
@@ -57,6 +60,9 @@ class Manifest:
     # A graph whose LM head covers only frequent tokens, for drafting (export/draft_vocab.py):
     # {"model_file", "vocab_file", "size", "corpus", "corpus_sha256"}
     draft_head: dict | None = None
+    # Every file of the bundle but this manifest, {name: {"bytes", "sha256"}}, checked at load
+    # (export/integrity.py); empty for bundles exported before the check existed.
+    files: dict = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
 
     @classmethod
@@ -68,35 +74,63 @@ class Manifest:
         return dataclasses.asdict(self)
 
     def write(self, folder: Path) -> Path:
-        path = Path(folder) / MANIFEST_NAME
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-        tmp.replace(path)
-        return path
+        return atomic_write_text(Path(folder) / MANIFEST_NAME, json.dumps(self.to_dict(), indent=2) + "\n")
 
 
 def read_manifest(folder: str | Path) -> Manifest:
     """Load a bundle's manifest, with errors that say what is wrong with the folder."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise EdgespecError(f"bundle '{folder}' not found: no such folder")
+        raise BundleError(f"bundle '{folder}' not found: no such folder")
     path = folder / MANIFEST_NAME
     if not path.is_file():
-        raise EdgespecError(
+        raise BundleError(
             f"'{folder}' is not an edgespec bundle: it has no {MANIFEST_NAME} "
             "(an interrupted export, or a folder from another tool); re-run `edgespec export`")
     try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise EdgespecError(f"{path} is corrupt: {e}") from None
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise BundleError(f"{path} is corrupt: {e}; re-export the bundle") from None
+    if not isinstance(data, dict):
+        raise BundleError(f"{path} is corrupt: it holds a JSON {type(data).__name__}, not an object; "
+                          "re-export the bundle")
     missing = [f.name for f in dataclasses.fields(Manifest)
                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
                and f.name not in data]
     if missing:
-        raise EdgespecError(f"{path} lacks required keys {missing}; re-export the bundle")
+        raise BundleError(f"{path} lacks required keys {missing}; re-export the bundle")
+    _check_types(path, data)
     manifest = Manifest.from_dict(data)
     if manifest.format_version > FORMAT_VERSION:
-        raise EdgespecError(
+        raise BundleError(
             f"{path} has format version {manifest.format_version}; this edgespec reads up to "
             f"{FORMAT_VERSION}: upgrade edgespec")
     return manifest
+
+
+def _check_types(path: Path, data: dict) -> None:
+    """Every known key holds what its Manifest field declares, and each `files` entry is
+    {"bytes": int, "sha256": str} under a name inside the bundle."""
+    hints = typing.get_type_hints(Manifest)
+    for f in dataclasses.fields(Manifest):
+        if f.name in data and not _conforms(data[f.name], hints[f.name]):
+            raise BundleError(f"{path}: field '{f.name}' should be {f.type}, not {json.dumps(data[f.name])}; "
+                              "re-export the bundle")
+    for name, entry in data.get("files", {}).items():
+        inside = not Path(name).is_absolute() and ".." not in Path(name).parts
+        if not (inside and isinstance(entry, dict) and _conforms(entry.get("bytes"), int)
+                and _conforms(entry.get("sha256"), str)):
+            raise BundleError(f"{path}: files entry {json.dumps(name)} should map a name inside the bundle to "
+                              f'{{"bytes": int, "sha256": str}}, not {json.dumps(entry)}; re-export the bundle')
+
+
+def _conforms(value, hint) -> bool:
+    """isinstance for the hints Manifest uses: int, str, dict, list[int], X | None (bool is no int)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_conforms(value, arg) for arg in args)
+    if origin is list:
+        return isinstance(value, list) and all(_conforms(v, args[0]) for v in value)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, origin or hint)

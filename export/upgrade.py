@@ -4,23 +4,31 @@ Both upgrades edit graphs only (the weight file is never rewritten) and take
 seconds, so cached preset bundles get them on first use instead of a
 minutes-long re-export. Each step is idempotent and the manifest is written
 last, so an interrupted upgrade is finished by the next one.
+
+Every upgrade records the files' sizes and sha256 again (export/integrity.py);
+a bundle exported before those records gets them here, from its files as they
+are now (a one-time hash, noted on stderr).
 """
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import onnx
 
 from . import last_logits
 from .draft_vocab import default_size, write_draft_head
+from .integrity import record_files, verify
 from .manifest import read_manifest
 
 
 def upgrade(bundle: Path) -> bool:
-    """Add `num_logits` (and the draft head a draft gets by default); return whether anything changed."""
+    """Add `num_logits` (and the draft head a draft gets by default) and the per-file records;
+    return whether anything changed."""
     bundle = Path(bundle)
     manifest = read_manifest(bundle)
+    verify(bundle, manifest)  # never re-record damaged files as good (stamped: a stat per file)
     changed = False
     if "num_logits" not in manifest.inputs:
         graph = onnx.load(str(bundle / manifest.model_file), load_external_data=False).graph
@@ -34,6 +42,11 @@ def upgrade(bundle: Path) -> bool:
         manifest.draft_head = write_draft_head(bundle, manifest, draft_vocab)
         manifest.sizes["bundle_bytes"] = bundle_bytes(bundle, manifest)
         changed = True
+    if not manifest.files:
+        print(f"edgespec: recording file hashes of {bundle} (exported before integrity checks); "
+              "later changes to its files will be detected", file=sys.stderr)
+        changed = True
     if changed:
+        manifest.files = record_files(bundle)
         manifest.write(bundle)
     return changed

@@ -7,13 +7,17 @@ grows with the context, and rolling back is an offset change.
 
 from __future__ import annotations
 
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+from onnxruntime.capi import onnxruntime_pybind11_state as _ort_state
 
+from ..export.errors import BundleError, InputError
+from ..export.integrity import check_graph, verify
 from ..export.manifest import Manifest, read_manifest
 from .memory import collapse_to_huge_pages, released_while_loading, zeros_on_demand
 
@@ -53,7 +57,7 @@ class KVCache:
     def rewind(self, n: int) -> None:
         """Forget the last n rows."""
         if not 0 <= n <= self.length:
-            raise ValueError(f"cannot rewind {n} of {self.length} cached tokens")
+            raise InputError(f"cannot rewind {n} of {self.length} cached tokens")
         self.length -= n
 
 
@@ -70,6 +74,21 @@ class SessionOptions:
     # Move the prepacked weights onto 2 MB pages after loading, in a background thread: faster
     # steps for seconds of one core, so for long-lived processes (memory.collapse_to_huge_pages).
     huge_pages: bool = False
+
+
+# What ONNX Runtime raises (each class derives from Exception alone) for a model it cannot
+# read: a truncated or garbled model.onnx (InvalidProtobuf; InvalidArgument when empty), a
+# missing file (NoSuchFile), weights it cannot read or a graph it cannot initialize (Fail),
+# an invalid graph (InvalidGraph, NoModel). Not EPFail or RuntimeException: a provider's or
+# the allocator's failure is no fault of the bundle.
+_ORT_LOAD_ERRORS = (_ort_state.Fail, _ort_state.InvalidArgument, _ort_state.InvalidGraph,
+                    _ort_state.InvalidProtobuf, _ort_state.NoModel, _ort_state.NoSuchFile)
+
+
+def _ort_message(error: Exception) -> str:
+    """The innermost reason of an ORT error's first line, without its '[ONNXRuntimeError] : 1 : FAIL :'."""
+    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return re.split(r"\[ONNXRuntimeError\] : \d+ : \w+ : ", first)[-1].strip()
 
 
 _GLOBAL_POOL: list[int] = []  # thread count of the process-wide pool, once created
@@ -106,6 +125,7 @@ class Session:
         self.path = Path(bundle)
         self.manifest = manifest or read_manifest(self.path)
         m = self.manifest
+        verify(self.path, m)  # sizes, and contents unless stamped as verified (export/integrity.py)
         self.model_file = m.model_file
         self.logit_ids: np.ndarray | None = None  # [logit columns] token id of each; None: all
         if head == "draft" and m.draft_head:
@@ -127,11 +147,16 @@ class Session:
             so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.threads = threads
         self.providers = session_providers(options.provider)
+        model_path = self.path / self.model_file
         # Constant folding would copy a tied embedding's weights (the builder reshapes the LM
         # head's int4 blocks for the Gather): 116 MB more at load for the 1.5B, no speed gained.
         with released_while_loading(self.path.glob("*.data")) as filled:
-            self.sess = ort.InferenceSession(str(self.path / self.model_file), so, providers=self.providers,
-                                             disabled_optimizers=["ConstantFolding"])
+            try:
+                self.sess = ort.InferenceSession(str(model_path), so, providers=self.providers,
+                                                 disabled_optimizers=["ConstantFolding"])
+            except _ORT_LOAD_ERRORS as e:
+                raise BundleError(f"cannot load {model_path}: {_ort_message(e)}; re-export the bundle") from None
+        check_graph(self.sess, m, self.path, self.model_file)  # the manifest against the graph
         self.huge_pages = collapse_to_huge_pages(filled) if options.huge_pages else None  # a thread
         self.dtype = np.dtype(m.io_dtype)
         self.max_len = min(options.max_context or m.max_context, m.max_context)
@@ -179,7 +204,7 @@ class Session:
         past = self.cache.length
         total = past + s
         if total > self.max_len:
-            raise ValueError(f"context full: {past} cached + {s} new tokens exceed the "
+            raise InputError(f"context full: {past} cached + {s} new tokens exceed the "
                              f"{self.max_len}-token context of {self.path.name}")
         if positions is None:
             positions = np.arange(past, total, dtype=np.int64)
@@ -209,7 +234,7 @@ class Session:
         """
         tokens = list(tokens)
         if not tokens:
-            raise ValueError("prefill needs at least one token")
+            raise InputError("prefill needs at least one token")
         logits = None
         for i in range(0, len(tokens), chunk):
             logits = self.forward(tokens[i:i + chunk], last=1)

@@ -12,21 +12,28 @@ import json
 from datetime import datetime
 from pathlib import Path
 
-from ..export.errors import EdgespecError
+from ..export.errors import BundleError, EdgespecError, InputError
 
 
 class BundleTokenizer:
     def __init__(self, folder: str | Path):
         from tokenizers import Tokenizer
         folder = Path(folder)
+        self.name = folder.name  # the bundle, in messages
         path = folder / "tokenizer.json"
         if not path.is_file():
-            raise EdgespecError(f"{folder} has no tokenizer.json; re-export the bundle")
-        self._tok = Tokenizer.from_file(str(path))
+            raise BundleError(f"{folder} has no tokenizer.json; re-export the bundle")
+        try:
+            self._tok = Tokenizer.from_file(str(path))
+        except Exception as e:  # noqa: BLE001  (narrowed below)
+            if type(e) is not Exception:  # tokenizers raises the base class itself for a file it cannot parse
+                raise
+            raise BundleError(f"{path} is not a tokenizer file tokenizers can read ({e}); "
+                              "re-export the bundle") from None
         config_path = folder / "tokenizer_config.json"
-        self.config = json.loads(config_path.read_text()) if config_path.is_file() else {}
+        self.config = _read_json(config_path) if config_path.is_file() else {}
         template = folder / "chat_template.jinja"
-        self.chat_template = template.read_text() if template.is_file() else self.config.get("chat_template")
+        self.chat_template = _read_text(template) if template.is_file() else self.config.get("chat_template")
         self._template = None
 
     def _special(self, name: str) -> str | None:
@@ -45,6 +52,7 @@ class BundleTokenizer:
         return self._tok.get_vocab(with_added_tokens=True)
 
     def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        _check_unicode(text, "prompt")
         return self._tok.encode(text, add_special_tokens=add_special_tokens).ids
 
     def decode(self, ids, skip_special_tokens: bool = False, clean_up_tokenization_spaces: bool = False) -> str:
@@ -53,14 +61,46 @@ class BundleTokenizer:
     def apply_chat_template(self, messages, add_generation_prompt: bool = True, tokenize: bool = True,
                             return_dict: bool = False, **kwargs):
         if not self.chat_template:
-            raise EdgespecError("this bundle has no chat template; pass a string prompt")
+            raise InputError(f"{self.name} has no chat template: pass the prompt as plain text (CLI: --raw)")
+        messages = list(messages)
+        for i, m in enumerate(messages):  # name the message; the rendered text's index would not
+            content = m.get("content") if isinstance(m, dict) else None
+            if isinstance(content, str):
+                _check_unicode(content, f"message {i}")
         if self._template is None:
             self._template = _environment().from_string(self.chat_template)
         text = self._template.render(
-            messages=list(messages), add_generation_prompt=add_generation_prompt,
+            messages=messages, add_generation_prompt=add_generation_prompt,
             bos_token=self._special("bos_token") or "", eos_token=self._special("eos_token") or "",
             **kwargs)
         return self.encode(text) if tokenize else text
+
+
+def _check_unicode(text: str, what: str) -> None:
+    """Refuse a str that cannot be UTF-8 (lone surrogates: bytes that were not UTF-8, decoded
+    with surrogateescape), which `tokenizers` rejects with a TypeError."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise InputError(f"{what} is not valid Unicode text: lone surrogate U+{ord(text[e.start]):04X} at "
+                         f"index {e.start} (bytes that are not UTF-8?); give UTF-8 text") from None
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(_read_text(path))
+    except json.JSONDecodeError as e:
+        raise BundleError(f"{path} is not valid JSON ({e}); re-export the bundle") from None
+    if not isinstance(data, dict):
+        raise BundleError(f"{path} holds a JSON {type(data).__name__}, not an object; re-export the bundle")
+    return data
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise BundleError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start}); re-export the bundle") from None
 
 
 def _environment():
