@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import threading
 import time
+from collections.abc import Iterable
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
 
-from ..export.errors import EdgespecError
+from ..export.errors import EdgespecError, InputError
 from . import drafters
 from .detok import Detokenizer
 from .memory import trim_heap
@@ -97,11 +100,27 @@ def check_compatible(target: Session, draft: Session) -> None:
             ". Choose a draft exported from the same tokenizer, use --drafter cross, or --draft none")
 
 
+BUSY = ("generator busy: another stream() of this Generator is still open; "
+        "finish or close() it first")
+
+
 class Generator:
+    """A target (and a drafter) that generates from prompts, one sequence at a time.
+
+    The sessions' KV caches and the drafter's state belong to the sequence being
+    generated, so a stream holds the Generator from its first step until it ends or is
+    closed (or garbage-collected). Another thread's stream waits for it; a second stream
+    opened in the same thread while one is open raises EdgespecError ("generator busy"),
+    since waiting there would never end. Iterate one stream at a time per thread, and
+    close() one you abandon; for parallel generations load one Generator per thread.
+    """
+
     def __init__(self, target: Session, draft: Session | None = None, tree: bool = True,
                  budget: int = 8, drafter: str | None = None, reuse_cache: bool = False):
         """reuse_cache: keep the KV of a prompt prefix shared with the previous call
         (a chat's next turn prefills only what is new)."""
+        self._lock = threading.Lock()  # held by the open stream (a plain Lock: GC may close it on any thread)
+        self._owner: int | None = None  # the thread whose stream holds it
         self.reuse_cache = reuse_cache
         self.use_profiles = True  # size drafts from cached device profiles (`edgespec devices --profile`)
         from .tokenizer import BundleTokenizer
@@ -113,7 +132,7 @@ class Generator:
         self.budget = budget
         self.drafter_name = drafter or ("auto" if draft is not None else "none")
         if self.drafter_name not in drafters.REGISTRY and self.drafter_name != "none":
-            raise ValueError(f"unknown drafter '{self.drafter_name}'; choose one of "
+            raise InputError(f"unknown drafter '{self.drafter_name}'; choose one of "
                              f"none, {', '.join(sorted(drafters.REGISTRY))}")
         if self.drafter_name in drafters.NEEDS_DRAFT_MODEL and draft is None:
             raise EdgespecError(f"drafter '{self.drafter_name}' needs a draft bundle (--draft)")
@@ -122,10 +141,10 @@ class Generator:
         self.recycler = None  # token recycling's table outlives a call: it is knowledge about the model
         trim_heap()  # reading the tokenizer left freed heap behind
 
-    def _drafter(self, params: SamplingParams):
+    def _drafter(self, params: SamplingParams, seeds: np.random.SeedSequence):
         if self.drafter_name == "none":
             return None
-        return drafters.create(self.drafter_name, gen=self, params=params)
+        return drafters.create(self.drafter_name, gen=self, params=params, seeds=seeds)
 
     def _length_policy(self):
         """Cost-aware draft length when both models have a device profile, else the heuristic."""
@@ -138,44 +157,77 @@ class Generator:
             return None
         return CostAwareLength(target.cost, draft.cost(1))
 
-    def encode(self, prompt: str | Sequence[dict]) -> list[int]:
+    def encode(self, prompt: str | Sequence[int] | Sequence[dict]) -> list[int]:
+        """Text, token ids, or chat messages (rendered by the chat template) -> token ids."""
         if isinstance(prompt, str):
             if not prompt:
-                raise ValueError("prompt is empty; give some text or a list of messages")
+                raise InputError("prompt is empty; give some text or a list of messages")
             return self.tokenizer.encode(prompt, add_special_tokens=False)
-        messages = list(prompt)
-        if not messages:
-            raise ValueError("prompt is empty; give some text, token ids or a list of messages")
-        if all(isinstance(t, (int, np.integer)) for t in messages):  # already token ids
+        if isinstance(prompt, (bytes, bytearray)):  # a list of ints to Python: not token ids
+            raise InputError(f"prompt is {type(prompt).__name__}; decode it to text first "
+                             f"(prompt.decode('utf-8'))")
+        if not isinstance(prompt, Iterable) or isinstance(prompt, dict):
+            raise InputError(f"prompt must be text, token ids or a list of messages "
+                             f"(got {type(prompt).__name__})")
+        items = list(prompt)
+        if not items:
+            raise InputError("prompt is empty; give some text, token ids or a list of messages")
+        if all(isinstance(t, (int, np.integer)) for t in items):  # already token ids
             vocab = self.target.vocab_size
-            if not all(0 <= t < vocab for t in messages):
-                raise ValueError(f"token ids must be in [0, {vocab})")
-            return [int(t) for t in messages]
-        for m in messages:
-            if not isinstance(m, dict) or "role" not in m or "content" not in m:
-                raise ValueError(f"each message needs 'role' and 'content' (got {m!r})")
+            bad = next((i for i, t in enumerate(items) if not 0 <= t < vocab), None)
+            if bad is not None:
+                raise InputError(f"token ids must be in [0, {vocab}) (got {items[bad]} at index {bad})")
+            return [int(t) for t in items]
+        messages = [_message(i, m) for i, m in enumerate(items)]
         if not self.tokenizer.chat_template:
-            raise EdgespecError(f"{self.target.path.name} has no chat template; pass a string prompt")
+            raise InputError(f"{self.target.path.name} has no chat template: pass the prompt as plain "
+                             f"text (CLI: --raw)")
         return list(self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
                                                        return_dict=False))
 
     def stream(self, prompt, max_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0,
                top_k: int = 0, seed: int | None = None, stop: str | Sequence[str] | None = None,
                stats: Stats | None = None) -> Iterator[Chunk]:
+        """Chunks of text as the target emits them. The stream holds this Generator from its
+        first step until it ends or is closed (see the class docstring).
+
+        seed: one seed for the whole generation; the verifier and each sampling drafter
+        draw from independent child streams of it (None: fresh entropy)."""
         params = SamplingParams(temperature, top_p, top_k, seed).validate()
-        if max_tokens < 1:
-            raise ValueError(f"max_tokens must be >= 1 (got {max_tokens})")
-        stops = [stop] if isinstance(stop, str) else list(stop or [])
+        if not (isinstance(max_tokens, (int, np.integer)) and max_tokens >= 1):
+            raise InputError(f"max_tokens must be an integer >= 1 (got {max_tokens!r})")
+        stops = _stop_strings(stop)
         ids = self.encode(prompt)
         limit = self.target.max_len
         if len(ids) >= limit:
-            raise ValueError(f"prompt of {len(ids)} tokens does not fit the {limit}-token context "
+            raise InputError(f"prompt of {len(ids)} tokens does not fit the {limit}-token context "
                              f"of {self.target.path.name}; shorten it or export with a larger --max-context")
-        stats = stats if stats is not None else Stats()
+        with self._turn():
+            yield from self._chunks(ids, params, max_tokens, stops, stats if stats is not None else Stats())
+
+    @contextmanager
+    def _turn(self):
+        """Hold the generator for one stream (the KV caches are one sequence's)."""
+        me = threading.get_ident()
+        if self._owner == me:  # only this thread sets its own id: no race in the check
+            raise EdgespecError(BUSY)
+        self._lock.acquire()
+        self._owner = me
+        try:
+            yield
+        finally:
+            self._owner = None
+            self._lock.release()
+
+    def _chunks(self, ids: list[int], params: SamplingParams, max_tokens: int, stops: list[str],
+                stats: Stats) -> Iterator[Chunk]:
         stats.prompt_tokens = len(ids)
         stats.drafter = self.drafter_name
         timing = Timing()
-        drafter = self._drafter(params)
+        # One seed sequence per generation, split: a drafter sharing the verifier's uniforms
+        # would draw a token with the uniform that then tests its acceptance (biased output).
+        verifier_seeds, drafter_seeds = np.random.SeedSequence(params.seed).spawn(2)
+        drafter = self._drafter(params, drafter_seeds)
         if hasattr(drafter, "end"):  # a drafter that weighs what is left of the generation
             drafter.end, drafter.prompt_len = len(ids) + max_tokens, len(ids)
         detok = Detokenizer(self.tokenizer)
@@ -183,7 +235,7 @@ class Generator:
         tail_len = max((len(s) for s in stops), default=1) - 1
         emitted_tail, held = "", ""
         steps = decode_steps(self.target, ids, params, drafter, self.budget,
-                             np.random.default_rng(seed), timing, reuse_cache=self.reuse_cache)
+                             np.random.default_rng(verifier_seeds), timing, reuse_cache=self.reuse_cache)
         t_start = time.perf_counter()
         finish = "length"
         try:
@@ -234,6 +286,51 @@ class Generator:
         chunks = list(self.stream(prompt, stats=stats, **kwargs))
         return Result("".join(c.text for c in chunks), [t for c in chunks for t in c.token_ids],
                       stats, stats.finish_reason)
+
+
+def _message(i: int, m) -> dict:
+    """Message i with its content as text: a string, or OpenAI's text parts joined."""
+    if not isinstance(m, dict):
+        raise InputError(f"message {i} must be a dict with 'role' and 'content' (got {type(m).__name__})")
+    if "role" not in m or "content" not in m:
+        raise InputError(f"message {i} needs 'role' and 'content' (got keys {list(m)})")
+    if not isinstance(m["role"], str):
+        raise InputError(f"message {i}: role must be a string (got {type(m['role']).__name__})")
+    content = m["content"]
+    if isinstance(content, str):
+        return m
+    if not isinstance(content, (list, tuple)):
+        raise InputError(f"message {i}: content must be text or a list of text parts "
+                         f"(got {type(content).__name__})")
+    texts = []
+    for j, part in enumerate(content):
+        if not isinstance(part, dict):
+            raise InputError(f"message {i}: content parts must be objects like {{'type': 'text', 'text': ...}} "
+                             f"(part {j} is {type(part).__name__})")
+        if part.get("type") != "text":
+            raise InputError(f"message {i}: only text content parts are supported "
+                             f"(part {j} has type {part.get('type')!r})")
+        if not isinstance(part.get("text"), str):
+            raise InputError(f"message {i}: text part {j} needs a string 'text' "
+                             f"(got {type(part.get('text')).__name__})")
+        texts.append(part["text"])
+    return {**m, "content": "".join(texts)}
+
+
+def _stop_strings(stop) -> list[str]:
+    """Stop strings as a list; refuse "" (it would end generation after the first token)."""
+    if stop is None:
+        return []
+    stops = [stop] if isinstance(stop, str) else stop
+    if not isinstance(stops, (list, tuple)):
+        raise InputError(f"stop must be a string or a list of strings (got {type(stop).__name__} {stop!r})")
+    for i, s in enumerate(stops):
+        if not isinstance(s, str):
+            raise InputError(f"stop strings must be str (got {s!r} at index {i})")
+        if not s:
+            raise InputError("stop strings must be non-empty (got ''): an empty one would end "
+                             "generation after the first token; leave it out")
+    return list(stops)
 
 
 def _apply_stops(text: str, stops: list[str], before: str) -> tuple[str, bool]:

@@ -56,6 +56,7 @@ from typing import Sequence
 
 import numpy as np
 
+from ..export.errors import InputError
 from .policy import DraftLength
 from .session import Session
 from .tree import DraftTree
@@ -70,7 +71,7 @@ class CrossVocabDrafter:
     def __init__(self, session: Session, draft_tokenizer, target_tokenizer, max_draft: int = 6,
                  min_confidence: float = 0.3, window: int = 32, length: DraftLength | None = None):
         if max_draft < 1 or window < 2:
-            raise ValueError(f"max_draft must be >= 1 and window >= 2 (got max_draft={max_draft}, "
+            raise InputError(f"max_draft must be >= 1 and window >= 2 (got max_draft={max_draft}, "
                              f"window={window})")
         self.session = session
         self.draft_tok = draft_tokenizer

@@ -3,6 +3,12 @@
 Every drafter proposes a tree rooted at context[-1] with at most `budget`
 nodes beyond the root, and learns from `observe(verdict, tree, logits)` how
 its last proposal fared and what the target computed for every node.
+
+A factory gets the generation's drafter seeds (a SeedSequence): a drafter that
+samples spawns its own child stream from it. A stream of its own matters: a
+drafter drawing the verifier's uniforms would draw a token with the uniform
+that then tests its acceptance, and seeded output would no longer follow the
+target's distribution.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from typing import Callable, Protocol, Sequence
 
 import numpy as np
 
+from ..export.errors import InputError
 from .sampling import SamplingParams, probabilities, sample
 from .session import Session
 from .policy import CostAwareLength, DraftLength
@@ -42,11 +49,17 @@ def register(name: str):
 NEEDS_DRAFT_MODEL = {"model", "cross", "self"}
 
 
-def create(name: str, gen, params: SamplingParams) -> Drafter:
-    """A fresh drafter for one generation by `gen` (a runtime.api.Generator)."""
+def create(name: str, gen, params: SamplingParams, seeds: np.random.SeedSequence | None = None) -> Drafter:
+    """A fresh drafter for one generation by `gen` (a runtime.api.Generator). seeds: the
+    generation's seeds for drafters, independent of the verifier's (None: fresh entropy)."""
     if name not in REGISTRY:
-        raise ValueError(f"unknown drafter '{name}'; choose one of {', '.join(sorted(REGISTRY))}")
-    return REGISTRY[name](gen, params)
+        raise InputError(f"unknown drafter '{name}'; choose one of {', '.join(sorted(REGISTRY))}")
+    return REGISTRY[name](gen, params, seeds)
+
+
+def _own_rng(seeds: np.random.SeedSequence | None) -> np.random.Generator:
+    """A random stream for one drafter: a new child of the generation's drafter seeds."""
+    return np.random.default_rng(seeds.spawn(1)[0] if seeds is not None else None)
 
 
 def top_candidates(logits: np.ndarray, width: int, params: SamplingParams):
@@ -58,10 +71,13 @@ def top_candidates(logits: np.ndarray, width: int, params: SamplingParams):
     else:
         top = np.argpartition(-logits, width)[:width] if width < logits.shape[-1] else np.arange(logits.shape[-1])
         top = top[np.argsort(-logits[top])]  # [width]
-    scaled = logits / temperature if temperature != 1.0 else logits
-    peak = scaled[top[0]]
-    z = np.exp(scaled - peak, dtype=np.float32).sum()
-    return top, np.exp(scaled[top] - peak) / z
+    shifted = logits - logits[top[0]]  # [V], max 0
+    # Divide after the shift, in float64: 1e-320 is 0 in float32, and unshifted logits over
+    # a tiny temperature overflow to inf (inf - inf = NaN); shifted, the rest fall to -inf.
+    with np.errstate(over="ignore"):  # (an overflow here is the -inf it should be)
+        scaled = np.divide(shifted, temperature, dtype=np.float64) if temperature != 1.0 else shifted
+        z = np.exp(scaled, dtype=np.float32).sum()
+    return top, np.exp(scaled[top]) / z
 
 
 class ModelDrafter:
@@ -85,7 +101,9 @@ class ModelDrafter:
                  length: DraftLength | None = None, min_confidence: float = 0.3,
                  branch_width: int = 2, branch_min_prob: float = 0.1, rng: np.random.Generator | None = None,
                  window: int | None = 128, rejoin: int = 32):
-        """window: the draft reads only the last `window` tokens of the prompt (and everything
+        """rng: the stream sampled drafts are drawn from. It must not replay the verifier's
+        uniforms (as a generator built from the same seed would); None: fresh entropy.
+        window: the draft reads only the last `window` tokens of the prompt (and everything
         after it): its prefill is paid in decode time, and a draft only has to guess the next
         few tokens. None: the whole prompt.
         rejoin: when other drafters drafted so many passes that the draft is more than this
@@ -101,7 +119,7 @@ class ModelDrafter:
         self.min_confidence = min_confidence
         self.branch_width = branch_width
         self.branch_min_prob = branch_min_prob
-        self.rng = rng or np.random.default_rng(params.seed)
+        self.rng = rng if rng is not None else np.random.default_rng()
         self._depth = 0
         self._peeked, self._peek_s = None, 0.0  # (context, logits, seconds) of the last peek
         self.ids = session.logit_ids  # logit column -> token id (a frequent-token draft head), or None
@@ -222,30 +240,30 @@ class ModelDrafter:
 
 
 @register("model")
-def _model(gen, params):
-    return ModelDrafter(gen.draft, params, tree=gen.tree, length=gen._length_policy())
+def _model(gen, params, seeds=None):
+    return ModelDrafter(gen.draft, params, tree=gen.tree, length=gen._length_policy(), rng=_own_rng(seeds))
 
 
 @register("self")
-def _self(gen, params):
+def _self(gen, params, seeds=None):
     """The target's own shallow copy (`edgespec export --layers`) drafting as a model would."""
     t, d = gen.target.manifest, gen.draft.manifest
     if not d.layers_kept or d.source.get("sha256") != t.source.get("sha256"):
         from ..export.errors import EdgespecError
         raise EdgespecError(f"drafter 'self' needs a draft exported from the target's own source with "
                             f"--layers; {gen.draft.path.name} is not one (use --drafter model)")
-    return _model(gen, params)
+    return _model(gen, params, seeds)
 
 
 @register("cross")
-def _cross(gen, params):
+def _cross(gen, params, seeds=None):
     """A draft with another tokenizer, through text (see runtime/cross_vocab.py)."""
     from .cross_vocab import make_cross_vocab
     return make_cross_vocab(gen.draft, gen.tokenizer)
 
 
 @register("ngram")
-def _ngram(gen, params, **kwargs):
+def _ngram(gen, params, seeds=None, **kwargs):
     from .ngram import NgramDrafter
     return _NgramAdapter(NgramDrafter(**kwargs))
 
@@ -267,7 +285,7 @@ class _NgramAdapter:
 
 
 @register("recycle")
-def _recycle(gen, params):
+def _recycle(gen, params, seeds=None):
     from .recycle import RecycleDrafter
     if gen.recycler is None:
         gen.recycler = RecycleDrafter(gen.target.vocab_size)
@@ -275,17 +293,17 @@ def _recycle(gen, params):
 
 
 @register("mixed")
-def _mixed(gen, params):
+def _mixed(gen, params, seeds=None):
     """Lookup, the draft model when there is one, and recycled candidates, in one tree."""
-    members = [_ngram(gen, params)]
+    members = [_ngram(gen, params, seeds)]
     if gen.draft is not None:
-        members.append(_model(gen, params))
-    members.append(_recycle(gen, params))
+        members.append(_model(gen, params, seeds))
+    members.append(_recycle(gen, params, seeds))
     return MixedDrafter(members)
 
 
 @register("auto")
-def _auto(gen, params):
+def _auto(gen, params, seeds=None):
     """Prompt lookup or the draft model, pass by pass, whichever promises more tokens per ms.
 
     Measured on a 2-core CPU: lookup doubles decode speed on edits, where output
@@ -294,9 +312,9 @@ def _auto(gen, params):
     verify curve does not give away. So each pass picks one (runtime/auto.py).
     """
     from .auto import AutoDrafter
-    lookup = _ngram(gen, params)
+    lookup = _ngram(gen, params, seeds)
     if not gen.use_profiles:
-        return AutoDrafter(lookup, _model(gen, params) if gen.draft is not None else None)
+        return AutoDrafter(lookup, _model(gen, params, seeds) if gen.draft is not None else None)
     from ..devices.profile import QUICK_SIZES, load_or_measure
     target = load_or_measure(gen.target, sizes=QUICK_SIZES)  # cached, or measured now (seconds)
     if gen.draft is None:
@@ -305,7 +323,8 @@ def _auto(gen, params):
     # Siblings of the chain cost verify width: worth it only where width is nearly free
     # (measured on a 2-core CPU: every extra token costs ~25% of a pass, and trees lost).
     tree = gen.tree and target.cost(8) <= 1.5 * target.cost(1)
-    model = ModelDrafter(gen.draft, params, tree=tree, length=CostAwareLength(target.cost, draft.cost(1)))
+    model = ModelDrafter(gen.draft, params, tree=tree, length=CostAwareLength(target.cost, draft.cost(1)),
+                         rng=_own_rng(seeds))
     return AutoDrafter(lookup, model, target.cost, draft_prefill_ms=draft.cost(8) / 8)
 
 

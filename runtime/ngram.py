@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from ..export.errors import InputError
 from .tree import DraftTree
 
 
@@ -19,10 +20,10 @@ class NgramDrafter:
     def __init__(self, max_ngram: int = 4, min_ngram: int = 2, max_draft: int = 10,
                  max_branches: int = 2, max_matches: int = 16, short_draft: int = 3, long_match: int = 4):
         if not 1 <= min_ngram <= max_ngram:
-            raise ValueError(f"need 1 <= min_ngram <= max_ngram (got min_ngram={min_ngram}, "
+            raise InputError(f"need 1 <= min_ngram <= max_ngram (got min_ngram={min_ngram}, "
                              f"max_ngram={max_ngram})")
         if max_draft < 1 or max_branches < 1 or max_matches < 1:
-            raise ValueError(f"max_draft, max_branches and max_matches must be >= 1 (got "
+            raise InputError(f"max_draft, max_branches and max_matches must be >= 1 (got "
                              f"{max_draft}, {max_branches}, {max_matches})")
         self.max_ngram, self.min_ngram = max_ngram, min_ngram
         self.max_draft = max_draft  # longest branch (after a match of >= long_match tokens)
@@ -63,7 +64,7 @@ class NgramDrafter:
     def propose(self, context: Sequence[int], budget: int) -> DraftTree:
         """Draft tree with root context[-1] and at most `budget` nodes beyond it."""
         if len(context) == 0:
-            raise ValueError("propose needs a non-empty context (its last token is the root)")
+            raise InputError("propose needs a non-empty context (its last token is the root)")
         self._update(context)
         ctx = self.context
         tree = DraftTree(ctx[-1])

@@ -49,6 +49,10 @@ def decode_steps(target: Session, prompt: Sequence[int], params: SamplingParams,
     Runs until the caller stops iterating or the context is full. With
     `reuse_cache`, cached rows that match the start of the prompt are kept
     (multi-turn chat re-prefills only the new turn).
+
+    rng: the verifier's random stream (default: from params.seed). A drafter that samples
+    draws from a stream of its own (drafters.create spawns one): sharing a replay of
+    this one would bias the output.
     """
     rng = rng or np.random.default_rng(params.seed)
     timing = timing or Timing()

@@ -21,6 +21,8 @@ from typing import Sequence
 
 import numpy as np
 
+from ..export.errors import InputError
+
 
 class DraftTree:
     def __init__(self, root_token: int):
@@ -41,7 +43,7 @@ class DraftTree:
     def add(self, parent: int, token: int, q: np.ndarray | None = None) -> int:
         """Append `token` as a new child of `parent`; return its node index."""
         if not 0 <= parent < len(self):
-            raise ValueError(f"parent {parent} is not a node of this {len(self)}-node tree; "
+            raise InputError(f"parent {parent} is not a node of this {len(self)}-node tree; "
                              f"use an index in [0, {len(self) - 1}]")
         i = len(self)
         assert parent < i, "parents must come before children"
@@ -68,7 +70,7 @@ class DraftTree:
         with the same token, so paths from several drafters share prefixes.
         """
         if qs is not None and len(qs) != len(tokens):
-            raise ValueError(f"add_path got {len(tokens)} tokens but {len(qs)} draft "
+            raise InputError(f"add_path got {len(tokens)} tokens but {len(qs)} draft "
                              f"distributions; pass one q (or None) per token")
         nodes = []
         for j, t in enumerate(tokens):
@@ -88,7 +90,7 @@ class DraftTree:
     def merge(self, other: "DraftTree") -> "DraftTree":
         """Graft `other` (same root token) into this tree in place; return self."""
         if other.tokens[0] != self.tokens[0]:
-            raise ValueError(f"cannot merge trees with different roots "
+            raise InputError(f"cannot merge trees with different roots "
                              f"({other.tokens[0]} into {self.tokens[0]}); drafts must start "
                              f"from the same last accepted token")
         where = [0] * len(other)  # other's node -> our node
@@ -105,7 +107,7 @@ class DraftTree:
         best nodes first; list the nodes in priority order before pruning.
         """
         if max_nodes < 0:
-            raise ValueError(f"max_nodes must be >= 0 (got {max_nodes})")
+            raise InputError(f"max_nodes must be >= 0 (got {max_nodes})")
         n = min(len(self), max_nodes + 1)
         del self.tokens[n:], self.parents[n:], self.q[n:], self._depth[n:], self._children[n:]
         for kids in self._children:

@@ -341,8 +341,8 @@ def test_a_generation_tells_auto_where_it_stops_and_how_sure_the_target_is(targe
     seen = []
     make = gen._drafter
 
-    def drafter(params):
-        auto = make(params)
+    def drafter(params, seeds):
+        auto = make(params, seeds)
         observe = auto.observe
 
         def watched(verdict, tree=None, logits=None):
