@@ -31,7 +31,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Callable, NamedTuple, Sequence
 
-from ..export.errors import EdgespecError
+from ..export.errors import EdgespecError, InputError
 from ..export.manifest import read_manifest
 from ..runtime.memory import peak_rss_mb
 
@@ -55,9 +55,14 @@ def load_suite(path: str | Path | None = None, categories: Sequence[str] | None 
         text = resources.files("edgespec.apps").joinpath("prompts/code.json").read_text()
         source = "code.json"
     else:
-        text, source = Path(path).read_text(), str(path)
-    data = json.loads(text)
-    prompts = data["prompts"] if isinstance(data, dict) else data
+        text, source = Path(path).read_bytes(), str(path)
+    try:
+        data = json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:  # RecursionError: nested too deep
+        raise InputError(f"{source} is not JSON ({e})") from None
+    prompts = data.get("prompts") if isinstance(data, dict) else data
+    if not isinstance(prompts, list) or not all(isinstance(p, dict) for p in prompts):
+        raise InputError(f"{source}: expected a list of prompts, or {{\"prompts\": [...]}}, each a JSON object")
     for p in prompts:
         missing = {"id", "category", "messages"} - set(p)
         if missing:
@@ -352,11 +357,11 @@ def run_suite(target: str | Path, draft: str | Path | None = None, modes: Sequen
     modes = list(dict.fromkeys(modes))
     unknown = [m for m in modes if m not in MODES]
     if unknown:
-        raise ValueError(f"unknown modes {', '.join(unknown)}; choose from {', '.join(MODES)}")
+        raise InputError(f"unknown modes {', '.join(unknown)}; choose from {', '.join(MODES)}")
     if not modes:
-        raise ValueError(f"no modes given; choose from {', '.join(MODES)}")
+        raise InputError(f"no modes given; choose from {', '.join(MODES)}")
     if repeats < 1 or warmup < 0 or max_tokens < 1 or threads < 1:
-        raise ValueError(f"need repeats >= 1, warmup >= 0, max_tokens >= 1, threads >= 1 "
+        raise InputError(f"need repeats >= 1, warmup >= 0, max_tokens >= 1, threads >= 1 "
                          f"(got {repeats}, {warmup}, {max_tokens}, {threads})")
     if draft in (None, "none") and any(m in NEEDS_DRAFT for m in modes):
         needy = [m for m in modes if m in NEEDS_DRAFT]
@@ -366,7 +371,7 @@ def run_suite(target: str | Path, draft: str | Path | None = None, modes: Sequen
         prompts = load_suite(prompts)
     prompts = list(prompts)
     if not prompts:
-        raise ValueError("no prompts to run")
+        raise InputError("no prompts to run")
     target_path = bundle_path(target)
     draft_path = bundle_path(draft) if draft not in (None, "none") else None
 

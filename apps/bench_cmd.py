@@ -4,14 +4,17 @@ JSON and a plot. The work is `bench.run_suite`; this module parses flags and for
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import click
 
 from ..export.errors import EdgespecError
+from ..export.files import atomic_write_text
 from . import cli as cli_module
 from .cli import cli
 from .bench import DEFAULT_MODES, MODES
+from .options import MAX_TOKENS, THREADS
 from .run_cmd import DEFAULT_DRAFT, DEFAULT_TARGET
 
 
@@ -32,10 +35,12 @@ def _refuse_existing(path: Path | None, force: bool) -> None:
 @click.option("--categories", default=None, help="comma-separated prompt categories (default: all)")
 @click.option("--prompts", "prompts_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               default=None, help="suite JSON (default: the shipped code suite)")
-@click.option("--max-tokens", type=int, default=200, show_default=True)
-@click.option("--repeats", type=int, default=2, show_default=True, help="timed runs per prompt and mode")
-@click.option("--warmup", type=int, default=1, show_default=True, help="untimed runs before them")
-@click.option("--threads", type=int, default=2, show_default=True, help="intra-op threads for every mode")
+@click.option("--max-tokens", type=MAX_TOKENS, default=200, show_default=True)
+@click.option("--repeats", type=click.IntRange(min=1), default=2, show_default=True,
+              help="timed runs per prompt and mode")
+@click.option("--warmup", type=click.IntRange(min=0), default=1, show_default=True, help="untimed runs before them")
+@click.option("--threads", type=THREADS, default=lambda: min(2, os.cpu_count() or 2), show_default="2",
+              help="intra-op threads for every mode")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="write the full results here")
 @click.option("--plot", "plot_out", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -58,7 +63,7 @@ def bench_command(target, draft, modes, categories, prompts_file, max_tokens, re
                        repeats=repeats, warmup=warmup, threads=threads, shared_pool=cli_module.PROCESS_OWNED)
     print_table(result)
     if json_out is not None:
-        json_out.write_text(json.dumps(result, indent=1))
+        atomic_write_text(json_out, json.dumps(result, indent=1))
         click.echo(f"wrote {json_out}", err=True)
     if plot_out is not None:
         from .plots import plot_suite

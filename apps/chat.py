@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Iterator
 
-from ..export.errors import EdgespecError
+from ..export.errors import EdgespecError, InputError
 from ..runtime.api import Generator, Stats
 
 SAVE_FORMAT = "edgespec-chat"
@@ -71,7 +71,7 @@ class Chat:
     def __init__(self, gen: Generator, system: str | None = None, max_tokens: int = 256,
                  sampling: dict | None = None):
         if max_tokens < 1:
-            raise ValueError(f"max_tokens must be >= 1 (got {max_tokens})")
+            raise InputError(f"max_tokens must be >= 1 (got {max_tokens})")
         self.gen = gen
         self.system = system or None
         self.messages: list[dict] = []  # user/assistant turns, oldest first
@@ -85,7 +85,7 @@ class Chat:
     def reply(self, text: str) -> Reply:
         """Add a user message and start the answer (dropping the oldest turns if the context is short)."""
         if not text.strip():
-            raise ValueError("message is empty")
+            raise InputError("message is empty")
         self.messages, dropped = self._fit(self.messages + [{"role": "user", "content": text}])
         return Reply(self, dropped)
 
@@ -132,12 +132,14 @@ class Chat:
         self.last = None
 
     def save(self, path: str | Path, overwrite: bool = False) -> Path:
+        """Write the conversation to `path` as JSON, all or nothing: a failed write (a full disk)
+        leaves the file that was there."""
+        from ..export.files import FileExists, atomic_write_text
         path = Path(path).expanduser()
         if path.exists() and not overwrite:
-            raise FileExistsError(f"{path} exists; choose another name or overwrite it with /save! {path}")
+            raise FileExists(f"{path} exists; choose another name or overwrite it with /save! {path}")
         data = {"format": SAVE_FORMAT, "version": 1, "system": self.system, "messages": self.messages}
-        path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        return path
+        return atomic_write_text(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
 
     def load(self, path: str | Path) -> Path:
         """Replace the conversation with a saved one: our format, or a plain list of
@@ -145,7 +147,7 @@ class Chat:
         path = Path(path).expanduser()
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:  # RecursionError: nested too deep
             raise EdgespecError(f"{path} is not JSON ({e})") from None
         system, messages = parse_conversation(data, str(path))
         self.system, self.messages, self.last = system, messages, None

@@ -8,10 +8,10 @@ from typing import Callable
 
 import click
 
-from ..export.errors import EdgespecError
-from .chat import Chat, ContextFull, format_stats
+from ..export.errors import EdgespecError, InputError
+from .chat import Chat, format_stats
 from .cli import cli
-from .run_cmd import load_generator, model_options, sampling_options
+from .run_cmd import check_sampling, load_generator, model_options, sampling_options
 
 HELP = """\
 /help            this list
@@ -154,8 +154,11 @@ def terminal_reader(history_file) -> Callable[[], str]:
 
 
 def plain_reader(stream=None) -> Callable[[], str]:
-    """Lines from a pipe; a line ending in \\ continues on the next one."""
-    stream = stream or sys.stdin
+    """Lines from a pipe; a line ending in \\ continues on the next one. Bytes that are not
+    UTF-8 arrive as lone surrogates, which the tokenizer refuses: a message, not a crash."""
+    if stream is None:
+        stream = sys.stdin
+        stream.reconfigure(errors="surrogateescape")
 
     def read() -> str:
         lines = []
@@ -225,14 +228,14 @@ class ChatApp:
             return None
         try:
             return handler(arg.strip())
-        except (EdgespecError, ValueError, OSError) as e:
+        except (EdgespecError, OSError) as e:  # OSError: /save and /load on a path that fails
             self.note(str(e), "red")
             return None
 
     def answer(self, text: str) -> None:
         try:
             reply = self.chat.reply(text)
-        except (ContextFull, EdgespecError, ValueError) as e:
+        except EdgespecError as e:  # ContextFull included
             self.note(str(e), "red")
             return
         if reply.dropped:
@@ -251,7 +254,7 @@ class ChatApp:
                     out.finish()
         except KeyboardInterrupt:
             pass  # a second Ctrl-C: the reply is closed and its partial text kept all the same
-        except (EdgespecError, ValueError) as e:
+        except EdgespecError as e:
             self.note(str(e), "red")
             return
         s = reply.stats
@@ -286,7 +289,7 @@ class ChatApp:
 
     def cmd_save(self, arg, overwrite=False):
         if not arg:
-            raise ValueError("usage: /save FILE")
+            raise InputError("usage: /save FILE")
         path = self.chat.save(arg, overwrite=overwrite)
         self.note(f"saved {len(self.chat.messages)} messages to {path}")
 
@@ -295,7 +298,7 @@ class ChatApp:
 
     def cmd_load(self, arg):
         if not arg:
-            raise ValueError("usage: /load FILE")
+            raise InputError("usage: /load FILE")
         path = self.chat.load(arg)
         self.note(f"loaded {len(self.chat.messages)} messages from {path}"
                   + (" (with a system prompt)" if self.chat.system else ""))
@@ -314,10 +317,7 @@ def chat_command(target, draft, drafter, tree, budget, threads, provider, max_to
                  top_k, seed, system, color):
     """Chat with a model in the terminal: multi-turn, streamed, /help for commands."""
     from ..export.cache import cache_root
-    from ..runtime.sampling import SamplingParams
-    SamplingParams(temperature, top_p, top_k, seed).validate()  # fail before loading models
-    if max_tokens < 1:
-        raise ValueError(f"--max-tokens must be >= 1 (got {max_tokens})")
+    check_sampling(temperature, top_p, top_k, seed)
     gen = load_chat_generator(target, draft, drafter, tree, budget, threads, provider)
     chat = Chat(gen, system=system, max_tokens=max_tokens,
                 sampling=dict(temperature=temperature, top_p=top_p, top_k=top_k, seed=seed))

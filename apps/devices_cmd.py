@@ -5,12 +5,13 @@ from __future__ import annotations
 import click
 
 from .cli import cli
+from .options import THREADS
 
 
 @cli.command("devices")
 @click.option("--profile", "bundles", multiple=True,
               help="bundle or preset to profile: cost of one pass over 1..32 tokens (repeatable)")
-@click.option("--threads", type=int, default=None, help="intra-op threads (default: physical cores)")
+@click.option("--threads", type=THREADS, default=None, help="intra-op threads (default: physical cores)")
 @click.option("--provider", default="cpu", show_default=True)
 @click.option("--remeasure", is_flag=True, help="ignore a cached profile")
 def devices_command(bundles, threads, provider, remeasure):

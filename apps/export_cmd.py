@@ -6,38 +6,48 @@ import click
 
 from ..quant.recipes import ALGOS, PRECISIONS
 from .cli import cli
+from .options import MAX_CONTEXT
+
+BLOCK_SIZES = (16, 32, 64, 128, 256)  # those Recipe.validate accepts
 
 
 @cli.command("export")
 @click.argument("source")
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="bundle folder to write")
 @click.option("--quant", type=click.Choice(PRECISIONS), default="int4", show_default=True)
-@click.option("--block-size", type=int, default=None,
+@click.option("--block-size", type=click.Choice(BLOCK_SIZES), default=None,
               help="int4/int8 quantization block size [default: the preset's, else 32]")
-@click.option("--accuracy-level", type=int, default=4, show_default=True,
+@click.option("--accuracy-level", type=click.IntRange(0, 4), default=4, show_default=True,
               help="MatMulNBits compute precision: 4 = int8, 1 = fp32")
 @click.option("--algo", type=click.Choice(ALGOS), default=None,
               help="int4 block fitting: round to nearest, or k_quant (slower export; with "
               "--block-size 128, faster decoding at nearly the quality of 32) [default: the preset's, else rtn]")
-@click.option("--max-context", type=int, default=None, help="KV cache rows (default: min(model limit, 4096))")
+@click.option("--max-context", type=MAX_CONTEXT, default=None, help="KV cache rows (default: min(model limit, 4096))")
 @click.option("--role", type=click.Choice(["target", "draft"]), default=None)
 @click.option("--layers", default=None, help="keep only these decoder layers, e.g. 0-19 or 0-13,21-27 "
               "(a shallow self-speculation draft of the same model)")
-@click.option("--draft-vocab", type=int, default=None,
+@click.option("--draft-vocab", type=click.IntRange(min=0), default=None,
               help="also write a draft graph whose LM head keeps only the N most frequent tokens "
               "(default for drafts with a large vocabulary: 32768; 0 = none)")
-@click.option("--force", is_flag=True, help="replace a non-empty output folder")
+@click.option("--force", is_flag=True, help="replace an existing bundle (never a folder that is not a bundle, "
+              "nor the source or the working directory)")
 @click.option("--no-parity", is_flag=True, help="skip the logits check against the source model")
 @click.option("--check", is_flag=True, help="also measure top-1 agreement and perplexity vs the source model")
 def export_command(source, output, quant, block_size, accuracy_level, algo, max_context, role, layers, draft_vocab,
                    force, no_parity, check):
     """Export SOURCE (HF folder, .gguf file, or preset) to an ONNX bundle."""
     from ..export.pipeline import ExportOptions, export
+    from ..export.errors import InputError
     from ..quant.recipes import Recipe
     preset = _preset(source)
     default = preset.recipe() if preset and quant == "int4" else Recipe(quant)
-    block_size = block_size or (preset.block_size if preset else default.block_size)
-    recipe = Recipe(quant, block_size=block_size, accuracy_level=accuracy_level, algo=algo or default.algo)
+    if block_size is None:
+        block_size = preset.block_size if preset else default.block_size
+    try:
+        recipe = Recipe(quant, block_size=block_size, accuracy_level=accuracy_level,
+                        algo=algo or default.algo).validate()
+    except InputError as e:  # only a combination of the options is left to refuse: --algo with --quant
+        raise click.UsageError(str(e)) from None
     manifest = export(source, output, ExportOptions(recipe=recipe, max_context=max_context, role=role,
                                                     force=force, parity=not no_parity, layers=layers,
                                                     draft_vocab=draft_vocab))

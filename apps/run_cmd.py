@@ -8,6 +8,7 @@ import click
 
 from . import cli as cli_module
 from .cli import cli
+from .options import BUDGET, MAX_TOKENS, SEED, THREADS, not_empty
 
 DEFAULT_TARGET = "qwen2.5-coder-1.5b"
 DEFAULT_DRAFT = "qwen2.5-coder-0.5b"
@@ -21,8 +22,8 @@ def model_options(f):
         click.option("--drafter", type=click.Choice(["auto", "model", "ngram", "recycle", "mixed", "self", "cross", "none"]),
                      default=None, help="default: auto when a draft is given, else none"),
         click.option("--tree/--chain", default=True, show_default=True, help="draft a token tree or a chain"),
-        click.option("--budget", type=int, default=8, show_default=True, help="max drafted tokens per pass"),
-        click.option("--threads", type=int, default=None, help="intra-op threads (default: physical cores)"),
+        click.option("--budget", type=BUDGET, default=8, show_default=True, help="max drafted tokens per pass"),
+        click.option("--threads", type=THREADS, default=None, help="intra-op threads (default: physical cores)"),
         click.option("--provider", default="cpu", show_default=True, help="execution provider"),
     ]
     for option in reversed(options):
@@ -32,15 +33,21 @@ def model_options(f):
 
 def sampling_options(f):
     options = [
-        click.option("--max-tokens", type=int, default=256, show_default=True),
+        click.option("--max-tokens", type=MAX_TOKENS, default=256, show_default=True),
         click.option("--temperature", type=float, default=0.0, show_default=True, help="0 = greedy"),
         click.option("--top-p", type=float, default=1.0, show_default=True),
         click.option("--top-k", type=int, default=0, show_default=True, help="0 = off"),
-        click.option("--seed", type=int, default=None),
+        click.option("--seed", type=SEED, default=None),
     ]
     for option in reversed(options):
         f = option(f)
     return f
+
+
+def check_sampling(temperature, top_p, top_k, seed) -> None:
+    """Refuse bad sampling values before the models load (NaN included, which click lets through)."""
+    from ..runtime.sampling import SamplingParams
+    SamplingParams(temperature, top_p, top_k, seed).validate()
 
 
 def load_generator(target, draft, drafter, tree, budget, threads, provider, huge_pages=False):
@@ -53,14 +60,15 @@ def load_generator(target, draft, drafter, tree, budget, threads, provider, huge
 
 
 @cli.command("run")
-@click.argument("prompt")
+@click.argument("prompt", callback=not_empty("prompt"))
 @model_options
 @sampling_options
 @click.option("--raw", is_flag=True, help="feed the prompt as is, without the chat template")
-@click.option("--stop", multiple=True, help="stop string (repeatable)")
+@click.option("--stop", multiple=True, callback=not_empty("stop string"), help="stop string (repeatable)")
 def run_command(prompt, target, draft, drafter, tree, budget, threads, provider,
                 max_tokens, temperature, top_p, top_k, seed, raw, stop):
     """Generate a reply to PROMPT, streamed."""
+    check_sampling(temperature, top_p, top_k, seed)
     gen = load_generator(target, draft, drafter, tree, budget, threads, provider)
     request = prompt if raw else [{"role": "user", "content": prompt}]
     from ..runtime.api import Stats

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import socket
 
 import click
 
+from ..export.errors import EdgespecError
 from .cli import cli
 from .run_cmd import model_options
 from .server import MAX_BODY
@@ -43,11 +45,30 @@ def serve_command(target, draft, drafter, tree, budget, threads, provider, host,
     if not _is_loopback(host) and api_key is None:
         click.echo(f"warning: serving on {host} without --api-key: anyone who can reach it can use it",
                    err=True)
+    sock = _bind(host, port)
     gen = load_chat_generator(target, draft, drafter, tree, budget, threads, provider)
     name = model_name or _model_name(target)
     app = create_app({name: gen}, api_key=api_key, queue_size=queue_size, max_body=max_body)
-    click.echo(f"serving {name} (drafter {gen.drafter_name}) on http://{host}:{port}/v1", err=True)
-    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=2)
+    config = uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=2)
+    sock.listen(config.backlog)  # a client that reads the address below may connect at once
+    address = f"[{host}]" if ":" in host else host
+    click.echo(f"serving {name} (drafter {gen.drafter_name}) on http://{address}:{sock.getsockname()[1]}/v1",
+               err=True)
+    uvicorn.Server(config).run(sockets=[sock])
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """The server's socket, bound before the model loads: a taken port fails at once, and
+    --port 0 gets a free port that the start message can name."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise EdgespecError(f"cannot listen on {host} port {port}: {e.strerror}; "
+                            f"choose another --host or --port") from None
+    return sock
 
 
 def _is_loopback(host: str) -> bool:

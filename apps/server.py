@@ -4,6 +4,9 @@ Each model has one worker thread: requests run one at a time in arrival order, a
 number wait (more get 429 with Retry-After), and a request whose client goes away is
 stopped at the next token. Generation runs in the worker thread and hands pieces to the
 event loop; nothing model-related (tokenizer included) runs anywhere else.
+
+Every error is OpenAI's JSON error object: the caller's fault (APIError, the library's
+EdgespecError) a 4xx, anything else a 500 of type server_error (and a traceback in the log).
 """
 
 from __future__ import annotations
@@ -19,11 +22,12 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, AsyncIterator, Literal
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from starlette.exceptions import HTTPException
 
-from ..export.errors import EdgespecError
+from ..export.errors import EdgespecError, InputError
 from ..runtime.api import Chunk, Generator, Stats
 
 MAX_BODY = 1 << 20  # bytes
@@ -40,10 +44,31 @@ class APIError(HTTPException):
         self.body = {"error": {"message": message, "type": type, "param": param, "code": code}}
 
 
+class _ErrorJSON(JSONResponse):
+    """JSON with non-ASCII escaped: an error message may quote text that is not valid Unicode."""
+
+    def render(self, content) -> bytes:
+        return json.dumps(content, separators=(",", ":")).encode("ascii")
+
+
 def _error_response(exc: HTTPException) -> JSONResponse:
     body = getattr(exc, "body", None) or {"error": {
         "message": str(exc.detail), "type": "invalid_request_error", "param": None, "code": None}}
-    return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+    return _ErrorJSON(body, status_code=exc.status_code, headers=exc.headers)
+
+
+def _invalid(errors: list[dict]) -> APIError:
+    """The first of pydantic's (or FastAPI's) validation errors as a 400 naming the field."""
+    err = errors[0]
+    param = ".".join(str(p) for p in err["loc"]) or None
+    got = f" (got {err['input']!r:.80})" if param and "input" in err else ""
+    return APIError(400, f"{param}: {err['msg']}{got}" if param else err["msg"], param=param)
+
+
+def _library_error(exc: EdgespecError) -> APIError:
+    """A refusal from the library (prompt, sampling values, stop strings): the request's fault."""
+    message = str(exc)
+    return APIError(400, message, code="context_length_exceeded" if "does not fit" in message else None)
 
 
 class BodyLimit:
@@ -79,7 +104,7 @@ class ApiKey:
 
     def __init__(self, app, key: str):
         if not key:
-            raise ValueError("the API key is empty")
+            raise InputError("the API key is empty")
         self.app, self.key = app, key.encode()
 
     async def __call__(self, scope, receive, send):
@@ -182,15 +207,14 @@ async def _parse(request: Request, cls):
         data = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise APIError(400, f"request body is not valid JSON ({e})", code="invalid_json") from None
+    except RecursionError:  # the parser recurses once per level of [ or {
+        raise APIError(400, "request body is nested too deeply", code="invalid_json") from None
     if not isinstance(data, dict):
         raise APIError(400, "request body must be a JSON object", code="invalid_json")
     try:
         parsed = cls.model_validate(data)
     except ValidationError as e:
-        err = e.errors()[0]
-        param = ".".join(str(p) for p in err["loc"]) or None
-        got = f" (got {err['input']!r:.80})" if param and "input" in err else ""
-        raise APIError(400, f"{param}: {err['msg']}{got}" if param else err["msg"], param=param) from None
+        raise _invalid(e.errors()) from None
     parsed.check_supported()
     return parsed
 
@@ -296,9 +320,9 @@ def create_app(models: dict[str, Generator], *, api_key: str | None = None, queu
                max_body: int = MAX_BODY) -> FastAPI:
     """An OpenAI-compatible app serving `models` (name -> Generator)."""
     if not models:
-        raise ValueError("no models to serve")
+        raise InputError("no models to serve")
     if queue_size < 0:
-        raise ValueError(f"queue_size must be >= 0 (got {queue_size})")
+        raise InputError(f"queue_size must be >= 0 (got {queue_size})")
     workers = {name: ModelWorker(name, gen, queue_size) for name, gen in models.items()}
     created = int(time.time())
     app = FastAPI(title="edgespec", docs_url=None, redoc_url=None, openapi_url=None)
@@ -310,6 +334,19 @@ def create_app(models: dict[str, Generator], *, api_key: str | None = None, queu
     @app.exception_handler(HTTPException)
     async def _http_error(request, exc):
         return _error_response(exc)
+
+    @app.exception_handler(EdgespecError)
+    async def _refused(request, exc):
+        return _error_response(_library_error(exc))
+
+    @app.exception_handler(RequestValidationError)
+    async def _request_invalid(request, exc):
+        return _error_response(_invalid(exc.errors()))
+
+    @app.exception_handler(Exception)  # a bug: Starlette still logs the traceback
+    async def _server_error(request, exc):
+        return _error_response(APIError(500, f"internal server error ({type(exc).__name__}); "
+                                              f"the server log has the details", type="server_error"))
 
     @app.get("/health")
     async def health():
@@ -343,9 +380,6 @@ def create_app(models: dict[str, Generator], *, api_key: str | None = None, queu
         chunks = worker.stream(request, prompt, params, stats)
         try:
             first = await anext(chunks, None)  # errors in the prompt or parameters surface here, as 400s
-        except (ValueError, EdgespecError) as e:
-            await chunks.aclose()
-            raise APIError(400, str(e), code="context_length_exceeded" if "does not fit" in str(e) else None)
         except BaseException:
             await chunks.aclose()
             raise
@@ -409,7 +443,8 @@ async def _events(request, chunks, first, stats, meta, chat, usage) -> AsyncIter
             try:
                 item = await anext(chunks, None)
             except Exception as e:  # headers are sent: report in the stream
-                err = APIError(500, f"generation failed: {e}", type="server_error")
+                err = (_library_error(e) if isinstance(e, EdgespecError) else
+                       APIError(500, f"generation failed: {e}", type="server_error"))
                 yield f"data: {json.dumps(err.body)}\n\n"
                 return
         yield event([piece("", stats.finish_reason)], edgespec=stats.to_dict())

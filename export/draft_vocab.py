@@ -26,6 +26,7 @@ from onnx import numpy_helper
 from onnx.external_data_helper import load_external_data_for_tensor, set_external_data
 
 from .last_logits import lm_head
+from .errors import InputError
 from .manifest import Manifest
 
 DRAFT_MODEL = "model.draft.onnx"
@@ -94,7 +95,7 @@ def write_draft_head(bundle: Path, manifest: Manifest, size: int, ids=None) -> d
     ids: the token ids to keep (default: the `size` most frequent, see rank_tokens)."""
     bundle = Path(bundle)
     if not 2 <= size < manifest.vocab_size:
-        raise ValueError(f"--draft-vocab {size} must be at least 2 and below the vocabulary size "
+        raise InputError(f"--draft-vocab {size} must be at least 2 and below the vocabulary size "
                          f"{manifest.vocab_size}")
     corpus, corpus_sha = "given", ""
     if ids is None:

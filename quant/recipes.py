@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from ..export.errors import InputError
+
 PRECISIONS = ("int4", "int8", "fp16", "fp32")
 # How block scales are fitted. rtn: round to nearest on the block's absmax (the builder's default).
 # k_quant: searches each block's scale and zero point for the least squared error (slower to
@@ -23,15 +25,15 @@ class Recipe:
 
     def validate(self) -> "Recipe":
         if self.precision not in PRECISIONS:
-            raise ValueError(f"unknown quantization '{self.precision}'; choose one of {', '.join(PRECISIONS)}")
+            raise InputError(f"unknown quantization '{self.precision}'; choose one of {', '.join(PRECISIONS)}")
         if self.block_size not in (16, 32, 64, 128, 256):
-            raise ValueError(f"block size must be one of 16, 32, 64, 128, 256 (got {self.block_size})")
+            raise InputError(f"block size must be one of 16, 32, 64, 128, 256 (got {self.block_size})")
         if self.algo not in ALGOS:
-            raise ValueError(f"unknown quantization algorithm '{self.algo}'; choose one of {', '.join(ALGOS)}")
+            raise InputError(f"unknown quantization algorithm '{self.algo}'; choose one of {', '.join(ALGOS)}")
         if self.algo != "rtn" and self.precision != "int4":
-            raise ValueError(f"{self.algo} applies to int4 only (got {self.precision})")
+            raise InputError(f"{self.algo} applies to int4 only (got {self.precision})")
         if self.accuracy_level not in (0, 1, 2, 3, 4):
-            raise ValueError(f"accuracy level must be 0-4 (got {self.accuracy_level}); 4 = int8 compute, 1 = fp32")
+            raise InputError(f"accuracy level must be 0-4 (got {self.accuracy_level}); 4 = int8 compute, 1 = fp32")
         return self
 
     @property

@@ -286,3 +286,77 @@ def test_server_answer_equals_edgespec_run(server, tiny_bundle, tiny_draft_bundl
     served = server.client().chat.completions.create(
         model=tiny_bundle.name, messages=[{"role": "user", "content": question}], temperature=0, max_tokens=40)
     assert served.choices[0].message.content and served.choices[0].message.content + "\n" in r.stdout
+
+
+def _post_raw(url: str, body: bytes) -> tuple[int, str, dict]:
+    """Status, content type and the JSON body, whatever the status."""
+    req = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, r.headers["Content-Type"], json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers["Content-Type"], json.loads(e.read())
+
+
+@pytest.mark.parametrize("body, param, message", [
+    (b"[" * 50_000 + b"]" * 50_000, None, "request body is nested too deeply"),
+    (b"{not json", None, "request body is not valid JSON"),
+    (b'{"model": "@"}', "messages", "messages: Field required"),
+    (b'{"model": "@", "messages": [{"role": "user", "content": "a\\ud800b"}]}', None, "not valid Unicode"),
+])
+def test_every_error_is_an_openai_json_object_with_a_4xx(server, tiny_bundle, body, param, message):
+    """Input at fault: a 400 JSON error, never the text/plain 500 of an uncaught exception."""
+    body = body.replace(b'"@"', f'"{tiny_bundle.name}"'.encode())
+    code, content_type, answer = _post_raw(server.url + "/v1/chat/completions", body)
+    assert (code, content_type) == (400, "application/json"), answer
+    error = answer["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert message in error["message"] and error["type"] == "invalid_request_error" and error["param"] == param
+    assert server.health(tiny_bundle.name)["running"] == 0
+
+
+def test_a_bug_is_a_json_500_and_fastapi_validation_a_json_400(tiny_bundle):
+    """An exception that is not the caller's fault: OpenAI's error object of type server_error.
+    FastAPI's own validation of typed parameters (a route that declares them) answers the same way."""
+    from fastapi.testclient import TestClient
+
+    from edgespec.apps.server import create_app
+    from edgespec.runtime.api import Generator
+    from edgespec.runtime.session import Session
+    gen = Generator(Session(tiny_bundle))
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug")
+        yield
+    gen.stream = broken
+    app = create_app({"m": gen})
+
+    @app.get("/typed")
+    async def typed(n: int):
+        return {"n": n}
+    client = TestClient(app, raise_server_exceptions=False)
+    r = client.post("/v1/completions", json={"model": "m", "prompt": "hi"})
+    assert (r.status_code, r.headers["content-type"]) == (500, "application/json")
+    assert r.json() == {"error": {"message": "internal server error (RuntimeError); the server log has the details",
+                                  "type": "server_error", "param": None, "code": None}}
+    r = client.get("/typed?n=many")
+    assert (r.status_code, r.headers["content-type"]) == (400, "application/json")
+    assert r.json()["error"]["param"] == "query.n"
+
+
+def test_port_0_serves_on_the_port_it_prints(tiny_bundle):
+    proc = subprocess.Popen([*CLI, "serve", "--port", "0", "--target", str(tiny_bundle), "--draft", "none"],
+                            stderr=subprocess.PIPE, text=True)
+    timer = threading.Timer(120, proc.kill)  # a hung start fails the test instead of blocking it
+    timer.start()
+    try:
+        for line in proc.stderr:
+            if line.startswith("serving "):
+                break
+        port = int(re.search(r"http://127\.0\.0\.1:(\d+)/v1", line).group(1))
+        assert port != 0
+        assert get(f"http://127.0.0.1:{port}/health")[0] == 200
+    finally:
+        timer.cancel()
+        proc.kill()
+        proc.wait()
