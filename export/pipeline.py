@@ -24,6 +24,7 @@ from ..quant.recipes import Recipe
 from . import files, sources
 from .builder import build_graph
 from .errors import EdgespecError
+from .extras import require_export
 from .integrity import record_files
 from .cache import remove_stale_work
 from .manifest import MANIFEST_NAME, Manifest
@@ -94,6 +95,7 @@ def _claim_work(out: Path) -> Path:
 def export(source: str, out: str | Path, options: ExportOptions | None = None) -> Manifest:
     options = options or ExportOptions()
     recipe = options.recipe.validate()
+    require_export()
     out = Path(out).absolute()
     # what a killed export of `out` left (only that: the folder is the user's); before the check,
     # as it may put a bundle back at `out`
