@@ -85,7 +85,7 @@ def _output_failed(out: _Stdout):
 def main():
     global PROCESS_OWNED
     PROCESS_OWNED = True
-    from . import bench_cmd, chat_cmd, devices_cmd, export_cmd, quality_cmd, run_cmd, serve_cmd  # noqa: F401
+    from . import bench_cmd, cache_cmd, chat_cmd, devices_cmd, export_cmd, quality_cmd, run_cmd, serve_cmd  # noqa: F401
     out = _watch_stdout()
     code = 0
     try:

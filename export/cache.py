@@ -7,6 +7,7 @@ Read from the environment on every call, so a test can point it at a temporary f
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from .files import remove_stale
@@ -16,6 +17,11 @@ def cache_root() -> Path:
     root = _root()
     root.mkdir(parents=True, exist_ok=True)
     return root
+
+
+def location() -> Path:
+    """Where the cache is, without creating it (listing an absent cache makes nothing)."""
+    return _root()
 
 
 def _root() -> Path:
@@ -50,3 +56,74 @@ def remove_stale_work() -> None:
     a preset) and `.NAME.partial-PID` exports; a bundle a killed replacement left aside goes back."""
     for name in ("hf", "bundles"):
         remove_stale(_root() / name)
+
+
+# --- what the cache holds, and what can go ---------------------------------------------------
+
+# Top-level folders and what each holds; `prunable` ones are rebuilt on demand.
+KINDS = {
+    "gguf": ("assembled GGUFs of presets (the source of truth for their bundles)", False),
+    "hf": ("Hugging Face folders dequantized from GGUFs (export input, rebuilt on demand)", True),
+    "bundles": ("prepared preset bundles", False),
+    "verified": ("integrity stamps of verified bundle files", False),
+    "profiles": ("device latency profiles", False),
+}
+
+
+@dataclass
+class Entry:
+    kind: str
+    path: Path
+    bytes: int
+    why: str | None = None  # why prune would remove it; None: kept
+
+
+def entries() -> list[Entry]:
+    """Every item of the cache's top-level folders, with its size and whether prune removes it:
+    dequantized folders (rebuilt when an export needs them), work folders of dead processes,
+    preset bundles of a recipe the preset no longer uses, and stamps of bundles that are gone."""
+    from . import presets
+    from .bundles import preset_bundle_dir
+    from .files import _WORK, owner_alive
+    root = _root()
+    current = {preset_bundle_dir(p, presets.get(p).recipe()).name for p in presets.names()}
+    found = []
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []:
+        for item in sorted(folder.iterdir()):
+            why = None
+            work = _WORK.match(item.name)
+            if work:
+                why = None if owner_alive(item, int(work["pid"])) else "left by a killed export"
+            elif folder.name == "hf":
+                why = "dequantized source, rebuilt on demand"
+            elif folder.name == "bundles" and item.name not in current:
+                why = "a recipe no preset uses now"
+            elif folder.name == "verified" and not _stamped_bundle_exists(item):
+                why = "its bundle is gone"
+            found.append(Entry(folder.name, item, _size(item), why))
+    return found
+
+
+def prune(dry_run: bool = False) -> list[Entry]:
+    """Remove what `entries` marks prunable; return it."""
+    from .files import _remove
+    gone = [e for e in entries() if e.why]
+    if not dry_run:
+        for e in gone:
+            _remove(e.path)
+    return gone
+
+
+def _stamped_bundle_exists(stamp: Path) -> bool:
+    import json
+    try:
+        bundle = json.loads(stamp.read_text()).get("bundle")
+    except (OSError, ValueError, AttributeError):
+        return False
+    return bundle is None or Path(bundle).is_dir()
+
+
+def _size(path: Path) -> int:
+    if path.is_symlink() or not path.is_dir():
+        return path.lstat().st_size
+    return sum(p.lstat().st_size for p in path.rglob("*") if not p.is_dir() or p.is_symlink())
