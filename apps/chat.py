@@ -183,8 +183,8 @@ def format_stats(reply: Reply | None) -> str:
     lines = [
         f"answer:   {s.new_tokens} tokens ({reply.finish_reason})",
         f"decode:   {s.decode_tok_s:.1f} tok/s over {s.decode_seconds:.2f}s",
-        f"prefill:  {s.prompt_tokens} prompt tokens, {s.cached_prompt_tokens} reused from the cache, "
-        f"{s.prefill_seconds:.3f}s",
+        f"prefill:  {s.prompt_tokens} prompt tokens, {s.cached_prompt_tokens} reused from the cache"
+        + (f" ({s.cached_from})" if s.cached_prompt_tokens else "") + f", {s.prefill_seconds:.3f}s",
     ]
     if s.drafter != "none":
         lines.append(f"drafter:  {s.drafter}, {s.accepted_per_pass:.2f} tokens per target pass, "

@@ -11,7 +11,8 @@ import click
 from ..export.errors import EdgespecError, InputError
 from .chat import Chat, format_stats
 from .cli import cli
-from .run_cmd import check_sampling, load_generator, model_options, sampling_options
+from .run_cmd import (check_sampling, load_generator, model_options, prompt_cache_option, sampling_options,
+                      use_prompt_cache)
 
 HELP = """\
 /help            this list
@@ -313,12 +314,14 @@ class ChatApp:
 @click.option("--system", default=None, help="system prompt")
 @click.option("--color/--no-color", default=None,
               help="syntax colour for code blocks [default: when stdout is a terminal]")
+@prompt_cache_option
 def chat_command(target, draft, drafter, tree, budget, threads, provider, max_tokens, temperature, top_p,
-                 top_k, seed, system, color):
+                 top_k, seed, system, color, prompt_cache):
     """Chat with a model in the terminal: multi-turn, streamed, /help for commands."""
     from ..export.cache import cache_root
     check_sampling(temperature, top_p, top_k, seed)
     gen = load_chat_generator(target, draft, drafter, tree, budget, threads, provider)
+    use_prompt_cache(gen, prompt_cache)
     chat = Chat(gen, system=system, max_tokens=max_tokens,
                 sampling=dict(temperature=temperature, top_p=top_p, top_k=top_k, seed=seed))
     interactive = sys.stdin.isatty() and sys.stdout.isatty()

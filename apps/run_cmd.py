@@ -44,6 +44,18 @@ def sampling_options(f):
     return f
 
 
+prompt_cache_option = click.option(
+    "--prompt-cache/--no-prompt-cache", default=True, show_default=True,
+    help="keep the KV of prompts of 256+ tokens on disk (in the cache folder, 2 GiB at most), so a "
+         "later run starting with the same system prompt and files prefills only what is new")
+
+
+def use_prompt_cache(gen, on: bool) -> None:
+    """Give `gen` the on-disk prompt cache of its target bundle (runtime/prompt_store.py)."""
+    from ..runtime.prompt_store import PromptStore
+    gen.prompt_store = PromptStore(gen.target) if on else None
+
+
 def check_sampling(temperature, top_p, top_k, seed) -> None:
     """Refuse bad sampling values before the models load (NaN included, which click lets through)."""
     from ..runtime.sampling import SamplingParams
@@ -65,11 +77,13 @@ def load_generator(target, draft, drafter, tree, budget, threads, provider, huge
 @sampling_options
 @click.option("--raw", is_flag=True, help="feed the prompt as is, without the chat template")
 @click.option("--stop", multiple=True, callback=not_empty("stop string"), help="stop string (repeatable)")
+@prompt_cache_option
 def run_command(prompt, target, draft, drafter, tree, budget, threads, provider,
-                max_tokens, temperature, top_p, top_k, seed, raw, stop):
+                max_tokens, temperature, top_p, top_k, seed, raw, stop, prompt_cache):
     """Generate a reply to PROMPT, streamed."""
     check_sampling(temperature, top_p, top_k, seed)
     gen = load_generator(target, draft, drafter, tree, budget, threads, provider)
+    use_prompt_cache(gen, prompt_cache)
     request = prompt if raw else [{"role": "user", "content": prompt}]
     from ..runtime.api import Stats
     stats = Stats()

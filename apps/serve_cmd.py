@@ -31,13 +31,17 @@ def _model_name(target: str) -> str:
               help="requests that may wait while one runs; more get 429")
 @click.option("--max-body", type=click.IntRange(1), default=MAX_BODY, show_default=True,
               help="largest request body in bytes")
+@click.option("--prefix-cache-mb", type=click.IntRange(0), default=1024, show_default=True,
+              help="memory for the KV of earlier prompts, so requests that start like one of them "
+                   "(alternating conversations, resent files) prefill only what is new; 0: off")
 @click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]),
               default="info", show_default=True)
 def serve_command(target, draft, drafter, tree, budget, threads, provider, host, port, api_key, model_name,
-                  queue_size, max_body, log_level):
+                  queue_size, max_body, prefix_cache_mb, log_level):
     """Serve a model over an OpenAI-compatible HTTP API (/v1/chat/completions, /v1/completions)."""
     import uvicorn
 
+    from ..runtime.prefix_cache import PrefixCache
     from .chat_cmd import load_chat_generator
     from .server import create_app
     if api_key is not None and not api_key:
@@ -47,6 +51,7 @@ def serve_command(target, draft, drafter, tree, budget, threads, provider, host,
                    err=True)
     sock = _bind(host, port)
     gen = load_chat_generator(target, draft, drafter, tree, budget, threads, provider)
+    gen.prefix_cache = PrefixCache(prefix_cache_mb << 20) if prefix_cache_mb else None
     name = model_name or _model_name(target)
     app = create_app({name: gen}, api_key=api_key, queue_size=queue_size, max_body=max_body)
     config = uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=2)

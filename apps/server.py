@@ -238,10 +238,29 @@ class ModelWorker:
         self.served = 0
         self.cancelled = 0
         self._seconds = 0.0  # running mean of request durations, for Retry-After
+        self.requests = 0  # that reached the model (counted before their answer ends)
+        self.prompt_tokens = 0  # over those requests
+        self.cached_prompt_tokens = 0  # of which came from a cache...
+        self.cached_from: dict[str, int] = {}  # ...by cache: "previous call", "memory", "disk"
 
     def status(self) -> dict:
         return {"running": int(self.running), "queued": self.admitted - int(self.running),
                 "queue_size": self.queue_size, "served": self.served, "cancelled": self.cancelled}
+
+    def cache_stats(self) -> dict:
+        """Prompt tokens served and how many came from a cache, with the prefix cache's size."""
+        cache = self.gen.prefix_cache
+        return {"requests": self.requests, "prompt_tokens": self.prompt_tokens,
+                "cached_prompt_tokens": self.cached_prompt_tokens, "cached_from": dict(self.cached_from),
+                "prefix_cache": cache.stats() if cache is not None else None}
+
+    def _count(self, stats: Stats) -> None:
+        self.requests += 1
+        self.prompt_tokens += stats.prompt_tokens
+        n = stats.cached_prompt_tokens
+        if n:
+            self.cached_prompt_tokens += n
+            self.cached_from[stats.cached_from] = self.cached_from.get(stats.cached_from, 0) + n
 
     def admit(self) -> None:
         if self.admitted >= 1 + self.queue_size:
@@ -278,6 +297,7 @@ class ModelWorker:
                         loop.call_soon_threadsafe(chunks.put_nowait, chunk)
                 finally:
                     steps.close()  # leaves the KV cache consistent
+                    self._count(stats)
             except BaseException as e:  # handed to the request; the thread lives on
                 error = e
             loop.call_soon_threadsafe(chunks.put_nowait, _Done(error))
@@ -352,6 +372,12 @@ def create_app(models: dict[str, Generator], *, api_key: str | None = None, queu
     async def health():
         return {"status": "ok", "models": {n: w.status() for n, w in workers.items()}}
 
+    @app.get("/stats")
+    async def cache_stats():
+        """Per model: prompt tokens served, how many came from a cache (and which), and the
+        prefix cache's entries and bytes."""
+        return {"models": {n: w.cache_stats() for n, w in workers.items()}}
+
     @app.get("/v1/models")
     async def list_models():
         return {"object": "list", "data": [{"id": n, "object": "model", "created": created,
@@ -395,7 +421,8 @@ def create_app(models: dict[str, Generator], *, api_key: str | None = None, queu
 
 def _usage(stats: Stats) -> dict:
     return {"prompt_tokens": stats.prompt_tokens, "completion_tokens": stats.new_tokens,
-            "total_tokens": stats.prompt_tokens + stats.new_tokens}
+            "total_tokens": stats.prompt_tokens + stats.new_tokens,
+            "prompt_tokens_details": {"cached_tokens": stats.cached_prompt_tokens}}
 
 
 async def _collect(request, chunks, first, stats, meta, chat) -> JSONResponse:

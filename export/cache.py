@@ -67,6 +67,7 @@ KINDS = {
     "bundles": ("prepared preset bundles", False),
     "verified": ("integrity stamps of verified bundle files", False),
     "profiles": ("device latency profiles", False),
+    "prompts": ("KV rows of long prompts (runtime/prompt_store.py), rebuilt by prefilling", True),
 }
 
 
@@ -96,6 +97,8 @@ def entries() -> list[Entry]:
                 why = None if owner_alive(item, int(work["pid"])) else "left by a killed export"
             elif folder.name == "hf":
                 why = "dequantized source, rebuilt on demand"
+            elif folder.name == "prompts":
+                why = "a prompt's KV, rebuilt by prefilling"
             elif folder.name == "bundles" and item.name not in current:
                 why = "a recipe no preset uses now"
             elif folder.name == "verified" and not _stamped_bundle_exists(item):

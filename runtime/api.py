@@ -16,6 +16,8 @@ from ..export.errors import EdgespecError, InputError
 from . import drafters
 from .detok import Detokenizer
 from .memory import trim_heap
+from .prefix_cache import PrefixCache
+from .prompt_store import PromptStore
 from .sampling import SamplingParams
 from .scheduler import Timing, decode_steps
 from .session import Session, SessionOptions
@@ -33,7 +35,8 @@ class Stats:
     prompt_tokens: int = 0
     new_tokens: int = 0
     prefill_seconds: float = 0.0
-    cached_prompt_tokens: int = 0  # prompt tokens reused from the previous call's KV cache
+    cached_prompt_tokens: int = 0  # prompt tokens whose KV came from a cache, not a prefill
+    cached_from: str = ""  # which: "previous call" (the session's own), "memory" (prefix LRU), "disk"
     decode_seconds: float = 0.0
     draft_seconds: float = 0.0
     verify_seconds: float = 0.0
@@ -69,8 +72,9 @@ class Stats:
         return d
 
     def summary(self) -> str:
+        cached = f" ({self.cached_prompt_tokens} cached, {self.cached_from})" if self.cached_prompt_tokens else ""
         s = (f"{self.new_tokens} tokens, {self.decode_tok_s:.1f} tok/s decode, "
-             f"prefill {self.prompt_tokens} tok in {self.prefill_seconds:.2f}s")
+             f"prefill {self.prompt_tokens} tok{cached} in {self.prefill_seconds:.2f}s")
         if self.proposed:
             s += (f", drafter {self.drafter}: {self.accepted_per_pass:.2f} tok/pass, "
                   f"acceptance {self.acceptance_rate:.0%}")
@@ -116,12 +120,19 @@ class Generator:
     """
 
     def __init__(self, target: Session, draft: Session | None = None, tree: bool = True,
-                 budget: int = 8, drafter: str | None = None, reuse_cache: bool = False):
+                 budget: int = 8, drafter: str | None = None, reuse_cache: bool = False,
+                 prefix_cache: PrefixCache | None = None, prompt_store: PromptStore | None = None):
         """reuse_cache: keep the KV of a prompt prefix shared with the previous call
-        (a chat's next turn prefills only what is new)."""
+        (a chat's next turn prefills only what is new).
+        prefix_cache: also reuse the longest prefix shared with any earlier call still in this
+        bounded in-memory LRU (a server's alternating conversations); each call adds its own.
+        prompt_store: also reuse prompts stored on disk by earlier processes, and store long
+        prompts there (`run` and `chat` reopened with the same system prompt and files)."""
         self._lock = threading.Lock()  # held by the open stream (a plain Lock: GC may close it on any thread)
         self._owner: int | None = None  # the thread whose stream holds it
         self.reuse_cache = reuse_cache
+        self.prefix_cache = prefix_cache
+        self.prompt_store = prompt_store
         self.use_profiles = True  # size drafts from cached device profiles (`edgespec devices --profile`)
         from .tokenizer import BundleTokenizer
         self.target = target
@@ -234,8 +245,12 @@ class Generator:
         # A stop string may begin in text already emitted: keep just enough of it to see one.
         tail_len = max((len(s) for s in stops), default=1) - 1
         emitted_tail, held = "", ""
+        t_restore = time.perf_counter()
+        stats.cached_from = self._restore(ids)
+        t_restore = time.perf_counter() - t_restore
+        # the cache now holds the rows to reuse, as `history` says: decode_steps keeps them
         steps = decode_steps(self.target, ids, params, drafter, self.budget,
-                             np.random.default_rng(verifier_seeds), timing, reuse_cache=self.reuse_cache)
+                             np.random.default_rng(verifier_seeds), timing, reuse_cache=True)
         t_start = time.perf_counter()
         finish = "length"
         try:
@@ -269,8 +284,9 @@ class Generator:
             if drafter is not None:
                 drafter.reset()
             stats.finish_reason = finish
-            stats.prefill_seconds = timing.prefill
+            stats.prefill_seconds = timing.prefill + t_restore
             stats.cached_prompt_tokens = timing.reused
+            stats.cached_from = stats.cached_from if timing.reused else ""
             stats.decode_seconds = max(time.perf_counter() - t_start - timing.prefill, 0.0)
             stats.draft_seconds = timing.draft
             stats.verify_seconds = timing.verify
@@ -280,6 +296,45 @@ class Generator:
             stats.accepted = timing.accepted
             choices = getattr(drafter, "choices", None)
             stats.drafter_choices = dict(choices) if choices else None
+            self._remember(ids)  # after the clock stops: a copy (and a disk write) is not decoding
+
+    def _restore(self, ids: list[int]) -> str:
+        """Put the KV of the longest cached prefix of `ids` (all but its last token, whose
+        logits must be computed) in the target's cache, `history` naming its tokens; return
+        where it came from. The session's own rows count when reuse_cache is on; the LRU and the
+        disk are asked in turn for a longer prefix (copying only the rows beyond what is kept)."""
+        target = self.target
+        wanted = ids[:-1]
+        if self.reuse_cache:
+            kept = target.reuse_prefix(ids)
+        else:
+            kept = 0
+            target.reset()
+        best, found, source = kept, None, "previous call"
+        if self.prefix_cache is not None:
+            n, rows = self.prefix_cache.lookup(wanted, at_least=best)
+            if n > best:
+                best, found, source = n, rows, "memory"
+        if self.prompt_store is not None:
+            n, rows = self.prompt_store.lookup(wanted, at_least=best)
+            if n > best:
+                best, found, source = n, rows, "disk"
+        if found is not None:
+            target.cache.write_rows(found.keys, found.values, kept, best)
+            target.history = ids[:best]
+        return source if best else ""
+
+    def _remember(self, ids: list[int]) -> None:
+        """After a call whose prefill completed: the whole sequence's rows into the LRU (the next
+        turn of this conversation extends it), the prompt's but its last token onto disk."""
+        target = self.target
+        n = min(len(target.history), target.cache.length)
+        if n < len(ids) - 1 or target.history[:len(ids) - 1] != ids[:-1]:
+            return  # stopped before the prompt's rows were all written
+        if self.prefix_cache is not None:
+            self.prefix_cache.insert(target.history[:n], target.cache)
+        if self.prompt_store is not None:
+            self.prompt_store.store(ids[:-1], target.cache)
 
     def generate(self, prompt, **kwargs) -> Result:
         stats = Stats()

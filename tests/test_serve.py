@@ -360,3 +360,59 @@ def test_port_0_serves_on_the_port_it_prints(tiny_bundle):
         timer.cancel()
         proc.kill()
         proc.wait()
+
+
+def test_a_request_sharing_a_long_prefix_is_served_from_the_prefix_cache(server, reference, tiny_bundle):
+    """Two conversations alternating: the second turn of the first finds its start in the prefix
+    cache (the previous call's KV is the other conversation's); `usage` and /stats say so."""
+    import inspect
+    import textwrap
+    client, model = server.client(), tiny_bundle.name
+    source = textwrap.dedent(inspect.getsource(textwrap))
+    code = reference.tokenizer.decode(reference.encode(source)[:250])
+    system = {"role": "system", "content": "You review Python."}
+    a = [system, {"role": "user", "content": code + "\nExplain it."}]
+    a2 = [system, {"role": "user", "content": code + "\nAdd type hints."}]
+    before = get(server.url + "/stats")[1]["models"][model]
+    answers = [client.chat.completions.create(model=model, messages=m, temperature=0, max_tokens=8)
+               for m in (a, MESSAGES, a2)]
+    r = answers[-1]
+    ids, ids2 = reference.encode(a), reference.encode(a2)
+    shared = next(i for i, (x, y) in enumerate(zip(ids, ids2)) if x != y)
+    assert shared > 250
+    assert r.usage.prompt_tokens_details.cached_tokens == shared
+    assert r.model_extra["edgespec"]["cached_from"] == "memory"
+    assert r.choices[0].message.content == reference.generate(a2, max_tokens=8).text
+    after = get(server.url + "/stats")[1]["models"][model]
+    assert after["prompt_tokens"] - before["prompt_tokens"] == sum(x.usage.prompt_tokens for x in answers)
+    for source in ("previous call", "memory"):  # /stats adds up what each answer reported
+        mine = sum(x.usage.prompt_tokens_details.cached_tokens for x in answers
+                   if x.model_extra["edgespec"]["cached_from"] == source)
+        assert after["cached_from"].get(source, 0) - before["cached_from"].get(source, 0) == mine
+    assert after["cached_prompt_tokens"] - before["cached_prompt_tokens"] == \
+        sum(x.usage.prompt_tokens_details.cached_tokens for x in answers)
+    cache = after["prefix_cache"]
+    assert cache["entries"] >= 2 and 0 < cache["bytes"] <= cache["max_bytes"] == 1024 << 20
+    assert cache["hits"] >= 1
+
+
+def test_prefix_cache_option(tiny_bundle):
+    """`--prefix-cache-mb` refuses a negative size before loading anything; /stats of a model
+    without a prefix cache (`--prefix-cache-mb 0`) says null."""
+    from click.testing import CliRunner
+    from fastapi.testclient import TestClient
+
+    from edgespec.apps import serve_cmd  # noqa: F401
+    from edgespec.apps.cli import cli
+    from edgespec.apps.server import create_app
+    from edgespec.runtime.api import Generator
+    from edgespec.runtime.session import Session
+    r = CliRunner().invoke(cli, ["serve", "--target", str(tiny_bundle), "--prefix-cache-mb", "-1"])
+    assert r.exit_code == 2 and "Invalid value for '--prefix-cache-mb': -1 is not in the range x>=0." in r.output
+    gen = Generator(Session(tiny_bundle))
+    client = TestClient(create_app({"m": gen}))
+    r = client.post("/v1/completions", json={"model": "m", "prompt": "def f(x):", "max_tokens": 3})
+    assert r.status_code == 200
+    assert client.get("/stats").json() == {"models": {"m": {
+        "requests": 1, "prompt_tokens": len(gen.encode("def f(x):")), "cached_prompt_tokens": 0, "cached_from": {},
+        "prefix_cache": None}}}
