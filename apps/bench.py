@@ -16,6 +16,15 @@ near-tie); decode tok/s as a ratio of the `genai` anchor, and over `plain`'s
 within each round (paired: the machine's swings between rounds cancel). Per
 category: medians over prompts, the worst prompt's paired ratio, and the
 largest gap at any divergence.
+
+Long prompts (the `long` category: files of Python's standard library with an
+instruction) are about the wait before the first token, so every trial also
+records its time to first token (request to first token, wall clock) and its
+end-to-end time (to the last token), each paired against the `genai` anchor of
+the same round. A prompt with a `followup` (the same file, another instruction)
+also gets a prefix-reuse row: the prompt, then the followup through a Generator
+that reuses the KV of the shared prefix; the followup's TTFT over the prompt's
+says what the reuse saves.
 """
 
 from __future__ import annotations
@@ -44,29 +53,27 @@ ANCHOR = "genai"
 REFERENCE = "plain"  # outputs of every mode are compared with this one
 GENAI_DRAFT_TOKENS = 4  # onnxruntime-genai's default max_draft_tokens
 GENAI_NGRAM_SIZE = 3
+# Shipped suites; with no categories named, the first alone. long.json's prompts are 1,000-3,500
+# tokens: a prefill of one costs 15-90 s per mode on the 1.5B target at 2 threads, which would
+# make the default run several times longer for a number it does not need (decode speed).
+SHIPPED_SUITES = ("code.json", "long.json")
+FILE_TEMPLATE = "{file}:\n\n```\n{text}```\n\n{instruction}"  # a prompt naming a file, unless its suite has one
 
 
 # ----------------------------------------------------------------------------- prompts
 
 def load_suite(path: str | Path | None = None, categories: Sequence[str] | None = None,
                per_category: int | None = None) -> list[dict]:
-    """Prompts of a suite file (default: the shipped code suite), optionally filtered."""
+    """Prompts of a suite file, optionally filtered. Default: the shipped code suite, or with
+    `categories` named, every shipped suite (`--categories long` picks the long prompts)."""
     if path is None:
-        text = resources.files("edgespec.apps").joinpath("prompts/code.json").read_text()
-        source = "code.json"
+        folder = resources.files("edgespec.apps").joinpath("prompts")
+        names = SHIPPED_SUITES if categories else SHIPPED_SUITES[:1]
+        prompts = [p for name in names for p in _read_suite(folder, name, name)]
+        source = " and ".join(names)
     else:
-        text, source = Path(path).read_bytes(), str(path)
-    try:
-        data = json.loads(text)
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:  # RecursionError: nested too deep
-        raise InputError(f"{source} is not JSON ({e})") from None
-    prompts = data.get("prompts") if isinstance(data, dict) else data
-    if not isinstance(prompts, list) or not all(isinstance(p, dict) for p in prompts):
-        raise InputError(f"{source}: expected a list of prompts, or {{\"prompts\": [...]}}, each a JSON object")
-    for p in prompts:
-        missing = {"id", "category", "messages"} - set(p)
-        if missing:
-            raise EdgespecError(f"prompt {p.get('id', '?')} in {source} lacks {', '.join(sorted(missing))}")
+        source = str(path)
+        prompts = _read_suite(Path(path).parent, Path(path).name, source)
     if categories:
         known = sorted({p["category"] for p in prompts})
         unknown = set(categories) - set(known)
@@ -85,6 +92,55 @@ def load_suite(path: str | Path | None = None, categories: Sequence[str] | None 
     return prompts
 
 
+def _read_suite(folder, name: str, source: str) -> list[dict]:
+    """One suite file's prompts (`source`: its name in messages). A prompt gives `messages`, or
+    a `file` (relative to the suite) and an `instruction`, which the suite's `template` joins
+    into one user message; a `followup` instruction after the same file becomes
+    `followup_messages`."""
+    try:
+        data = json.loads(folder.joinpath(name).read_bytes())
+    except OSError as e:
+        raise InputError(f"cannot read {source} ({e})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:  # RecursionError: nested too deep
+        raise InputError(f"{source} is not JSON ({e})") from None
+    prompts = data.get("prompts") if isinstance(data, dict) else data
+    if not isinstance(prompts, list) or not all(isinstance(p, dict) for p in prompts):
+        raise InputError(f"{source}: expected a list of prompts, or {{\"prompts\": [...]}}, each a JSON object")
+    template = data.get("template", FILE_TEMPLATE) if isinstance(data, dict) else FILE_TEMPLATE
+    for p in prompts:
+        if "file" in p and "messages" not in p:
+            p.update(_file_messages(folder, source, p, template))
+        missing = {"id", "category", "messages"} - set(p)
+        if missing:
+            raise EdgespecError(f"prompt {p.get('id', '?')} in {source} lacks {', '.join(sorted(missing))}")
+    return prompts
+
+
+
+def _file_messages(folder, source: str, p: dict, template: str) -> dict:
+    """`messages` (and `followup_messages`) of a prompt that names a file: the file first, so
+    that the followup shares every token up to the instruction."""
+    if not isinstance(p.get("instruction"), str):
+        raise InputError(f"prompt {p.get('id', '?')} in {source} names a file but no instruction")
+    try:
+        text = folder.joinpath(p["file"]).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"prompt {p.get('id', '?')} in {source}: cannot read {p['file']} ({e})") from None
+    name = Path(p["file"]).name
+
+    def user(instruction: str) -> list[dict]:
+        try:
+            content = template.format(file=name, text=text, instruction=instruction)
+        except (KeyError, IndexError, ValueError) as e:
+            raise InputError(f"{source}: template {template!r} is not a format string of "
+                             f"{{file}}, {{text}} and {{instruction}} ({type(e).__name__}: {e})") from None
+        return [{"role": "user", "content": content}]
+    out = {"messages": user(p["instruction"])}
+    if isinstance(p.get("followup"), str):
+        out["followup_messages"] = user(p["followup"])
+    return out
+
+
 # ----------------------------------------------------------------------------- trials
 
 @dataclass
@@ -100,6 +156,9 @@ class Trial:
     proposed: int = 0
     accepted: int = 0
     choices: dict | None = None  # auto: passes per choice (lookup long/short, model, none)
+    ttft_seconds: float = 0.0  # request to first token, wall clock (the prefill and its setup)
+    e2e_seconds: float = 0.0  # request to last token
+    cached_prompt_tokens: int = 0  # prompt tokens whose KV a cache gave (not prefilled)
 
     @property
     def decode_tok_s(self) -> float:
@@ -107,7 +166,9 @@ class Trial:
 
     @property
     def prefill_tok_s(self) -> float:
-        return self.prompt_tokens / self.prefill_seconds if self.prefill_seconds > 0 else 0.0
+        """Prompt tokens prefilled (not taken from a cache) per second."""
+        computed = self.prompt_tokens - self.cached_prompt_tokens
+        return computed / self.prefill_seconds if self.prefill_seconds > 0 else 0.0
 
     @property
     def tokens_per_pass(self) -> float:
@@ -137,7 +198,8 @@ class Trial:
                 "acceptance_rate": self.acceptance_rate, "drafted_per_pass": self.drafted_per_pass,
                 "proposed": self.proposed,
                 "accepted": self.accepted, "target_passes": self.target_passes, "split": self.split(),
-                "choices": self.choices}
+                "choices": self.choices, "ttft_seconds": self.ttft_seconds, "e2e_seconds": self.e2e_seconds,
+                "cached_prompt_tokens": self.cached_prompt_tokens}
 
 
 # ----------------------------------------------------------------------------- runners
@@ -152,18 +214,25 @@ class EdgespecRunner:
         from ..runtime.api import Stats
         stats = Stats()
         tokens = []
+        t0 = time.perf_counter()
+        first = None
         for chunk in self.gen.stream(_Ids(ids), max_tokens=max_tokens, stats=stats):
+            if first is None and chunk.token_ids:
+                first = time.perf_counter()
             tokens.extend(chunk.token_ids)
+        end = time.perf_counter()
         return Trial(tokens, stats.prompt_tokens, stats.prefill_seconds, stats.decode_seconds,
                      max(stats.new_tokens - 1, 0), stats.draft_seconds, stats.verify_seconds,
-                     stats.verify_passes, stats.proposed, stats.accepted, stats.drafter_choices)
+                     stats.verify_passes, stats.proposed, stats.accepted, stats.drafter_choices,
+                     ttft_seconds=(first or end) - t0, e2e_seconds=end - t0,
+                     cached_prompt_tokens=stats.cached_prompt_tokens)
 
 
 class _Ids(list):
     """Prompt token ids that `_generator`'s encode passes through unchanged."""
 
 
-def _generator(target, draft, tree: bool, drafter: str | None):
+def _generator(target, draft, tree: bool, drafter: str | None, reuse_cache: bool = False):
     """A Generator that takes `_Ids` as an already tokenized prompt (same ids for every mode)."""
     from ..runtime.api import Generator
 
@@ -171,7 +240,21 @@ def _generator(target, draft, tree: bool, drafter: str | None):
         def encode(self, prompt):
             return list(prompt) if isinstance(prompt, _Ids) else super().encode(prompt)
 
-    return PretokenizedGenerator(target, draft, tree=tree, drafter=drafter)
+    return PretokenizedGenerator(target, draft, tree=tree, drafter=drafter, reuse_cache=reuse_cache)
+
+
+class PrefixReuse:
+    """A request, then a second one sharing its prefix (the same file, another instruction)
+    through the Generator's reuse path; one token each, since what they measure is the time to
+    the first. `generator()` gives a fresh Generator on a session with an empty cache, so the
+    first request starts cold whatever a mode left there or a Generator kept from before."""
+
+    def __init__(self, generator: Callable[[], object]):
+        self.generator = generator
+
+    def run(self, first: list[int], second: list[int]) -> tuple[Trial, Trial]:
+        runner = EdgespecRunner(self.generator())
+        return runner.run(first, 1), runner.run(second, 1)
 
 
 class GenaiRunner:
@@ -193,6 +276,7 @@ class GenaiRunner:
 
     def run(self, ids: list[int], max_tokens: int) -> Trial:
         og = self.og
+        t_request = time.perf_counter()
         params = og.GeneratorParams(self.model)
         length = len(ids) + max_tokens
         params.set_search_options(max_length=min(length, self.context) if self.context else length,
@@ -213,7 +297,8 @@ class GenaiRunner:
             if t in self.eos:
                 out = out[:i]
                 break
-        trial = Trial(out, len(ids), t1 - t0, t2 - t1, max(len(out) - first, 0))
+        trial = Trial(out, len(ids), t1 - t0, t2 - t1, max(len(out) - first, 0),
+                      ttft_seconds=t1 - t_request, e2e_seconds=t2 - t_request)
         if self.speculative:
             # target passes: verify (+ re-anchor) passes of speculative rounds, plus plain steps
             # taken when nothing was drafted; all decode time not spent drafting counts as verify
@@ -341,7 +426,13 @@ def _runners(modes, target_path: Path, draft_path: Path | None, threads: int, sh
         "genai-spec": lambda: GenaiRunner(genai(True), draft=True),
         "genai-ngram": lambda: GenaiRunner(genai(False), ngram_size=GENAI_NGRAM_SIZE),
     }
-    return {m: factories[m] for m in modes}, lambda: session("target")
+
+    def reuse_generator():
+        target = session("target")
+        target.reset()  # what the last mode left is not the pair's to reuse
+        return _generator(target, None, True, "none", reuse_cache=True)
+
+    return {m: factories[m] for m in modes}, lambda: session("target"), PrefixReuse(reuse_generator)
 
 
 # ----------------------------------------------------------------------------- the suite
@@ -381,9 +472,13 @@ def run_suite(target: str | Path, draft: str | Path | None = None, modes: Sequen
             reason = _genai_missing(target_path) or (_genai_missing(draft_path) if m == "genai-spec" else None)
             if reason:
                 unsupported[m] = reason
+    encode = _encoder(target_path)
+    encoded = [(encode(p["messages"]), encode(p["followup_messages"]) if p.get("followup_messages") else None)
+               for p in prompts]
+    _check_context(prompts, encoded, max_tokens, target_path)
     ballast = _first_load(target_path, threads)  # noqa: F841  (kept alive until the suite ends)
-    factories, target_session = _runners([m for m in modes if m not in unsupported], target_path,
-                                         draft_path, threads, shared_pool)
+    factories, target_session, prefix_reuse = _runners([m for m in modes if m not in unsupported], target_path,
+                                                       draft_path, threads, shared_pool)
     runners: dict[str, object] = {}
     for m, make in factories.items():
         try:
@@ -394,20 +489,20 @@ def run_suite(target: str | Path, draft: str | Path | None = None, modes: Sequen
             if m not in GENAI_MODES:
                 raise
             unsupported[m] = f"{type(e).__name__}: {e}"
-    encode = _encoder(target_path)
     eos = read_manifest(target_path).eos_token_ids
 
     from tqdm import tqdm
-    bar = tqdm(total=len(prompts) * len(runners) * (warmup + repeats), desc="bench", unit="run",
+    pairs = sum(followup is not None for _, followup in encoded)
+    bar = tqdm(total=(len(prompts) * len(runners) + pairs) * (warmup + repeats), desc="bench", unit="run",
                file=sys.stderr, disable=not progress, leave=False)
     rows = []
     try:
-        for p in prompts:
-            ids = encode(p["messages"])
+        for p, (ids, followup) in zip(prompts, encoded):
             row = {"id": p["id"], "category": p["category"], "prompt_tokens": len(ids), "modes": {}}
             # Round-robin: every round runs each mode once, so a slow spell of a shared machine
             # (seen here: 20% swings over a minute) lands on all modes alike, not on one.
             trials: dict[str, list] = {m: [] for m in runners}
+            reused: list[tuple[Trial, Trial]] = []
             for round_ in range(warmup + repeats):
                 for m, runner in runners.items():
                     bar.set_postfix_str(f"{p['id']} {m}")
@@ -415,11 +510,19 @@ def run_suite(target: str | Path, draft: str | Path | None = None, modes: Sequen
                     if round_ >= warmup:
                         trials[m].append(trial)
                     bar.update()
+                if followup is not None:
+                    bar.set_postfix_str(f"{p['id']} prefix reuse")
+                    pair = prefix_reuse.run(ids, followup)
+                    if round_ >= warmup:
+                        reused.append(pair)
+                    bar.update()
             for m in runners:
                 row["modes"][m] = _aggregate(trials[m])
             _compare(row)
             _pair(row, trials)
             _explain_divergences(row, ids, lambda prefix: _last_logits(target_session(), prefix), eos)
+            if reused:
+                row["prefix_reuse"] = _reuse_row(reused, ids, followup)
             rows.append(row)
     finally:
         bar.close()
@@ -429,8 +532,25 @@ def run_suite(target: str | Path, draft: str | Path | None = None, modes: Sequen
         "unsupported": unsupported,
         "prompts": rows,
         "categories": _categories(rows, [m for m in modes if m in runners]),
+        "prefix_reuse": _reuse_categories(rows),
         "peak_rss_mb": peak_rss_mb(),
     }
+
+
+def _check_context(prompts: Sequence[dict], encoded: list, max_tokens: int, target_path: Path) -> None:
+    """Refuse, before anything loads, a prompt whose reply would not fit the target's context:
+    edgespec would stop at the end of it and onnxruntime-genai (a longer context) would not."""
+    context = read_manifest(target_path).max_context
+    for p, (ids, followup) in zip(prompts, encoded):
+        longest = max(len(ids), len(followup or ()))
+        if longest >= context:
+            raise InputError(f"prompt {p['id']} has {longest} tokens, which leaves no room for a reply in the "
+                             f"{context}-token context of {target_path.name}; leave it out (--categories) "
+                             f"or export the target with a larger --max-context")
+        if len(ids) + max_tokens > context:
+            raise InputError(f"prompt {p['id']} has {len(ids)} tokens: with --max-tokens {max_tokens} it needs "
+                             f"{len(ids) + max_tokens} of the {context}-token context of {target_path.name}; "
+                             f"lower --max-tokens to {context - len(ids)}")
 
 
 def _encoder(target_path: Path):
@@ -452,6 +572,9 @@ def _aggregate(trials: list[Trial]) -> dict:
     return {
         "decode_tok_s": med(lambda t: t.decode_tok_s),
         "prefill_tok_s": med(lambda t: t.prefill_tok_s),
+        "ttft_seconds": med(lambda t: t.ttft_seconds),
+        "e2e_seconds": med(lambda t: t.e2e_seconds),
+        "cached_prompt_tokens": med(lambda t: t.cached_prompt_tokens),
         "acceptance_rate": med(lambda t: t.acceptance_rate),
         "tokens_per_pass": med(lambda t: t.tokens_per_pass),
         "drafted_per_pass": med(lambda t: t.drafted_per_pass),
@@ -499,12 +622,61 @@ def _pair(row: dict, trials: dict[str, list[Trial]]) -> None:
     """Add paired_vs_plain to each mode of one prompt: the median over rounds of its decode
     speed over plain's *in the same round*. A shared machine's speed swings between rounds
     (plain's own trials of one prompt spread 26% here), which a ratio of medians carries
-    into the comparison and a ratio within one round mostly cancels."""
-    if REFERENCE not in trials:
-        return
+    into the comparison and a ratio within one round mostly cancels. Against the genai
+    anchor, paired the same way: prefill speed over genai's, and genai's time to first token
+    and end-to-end time over the mode's (above 1: sooner than genai)."""
     for m, ts in trials.items():
-        ratios = [t.decode_tok_s / p.decode_tok_s for t, p in zip(ts, trials[REFERENCE]) if p.decode_tok_s > 0]
-        row["modes"][m]["paired_vs_plain"] = statistics.median(ratios) if ratios else None
+        r = row["modes"][m]
+        if REFERENCE in trials:
+            r["paired_vs_plain"] = _paired(ts, trials[REFERENCE], lambda t: t.decode_tok_s)
+        if ANCHOR in trials:
+            anchor = trials[ANCHOR]
+            r["prefill_vs_genai"] = _paired(ts, anchor, lambda t: t.prefill_tok_s)
+            r["ttft_vs_genai"] = _paired(anchor, ts, lambda t: t.ttft_seconds)
+            r["e2e_vs_genai"] = _paired(anchor, ts, lambda t: t.e2e_seconds)
+
+
+def _paired(tops: list[Trial], bottoms: list[Trial], value: Callable[[Trial], float]) -> float | None:
+    """Median over rounds of value(top) / value(bottom) within each round."""
+    ratios = [value(t) / value(b) for t, b in zip(tops, bottoms) if value(b) > 0]
+    return statistics.median(ratios) if ratios else None
+
+
+def _reuse_row(pairs: list[tuple[Trial, Trial]], ids: list[int], followup: list[int]) -> dict:
+    """One prompt's prefix-reuse row: medians of the first request and of the second, which
+    shares `shared_prefix_tokens` with it, and the second's TTFT over the first's (paired)."""
+    def side(ts: list[Trial]) -> dict:
+        return {"prompt_tokens": ts[0].prompt_tokens,
+                "cached_prompt_tokens": statistics.median(t.cached_prompt_tokens for t in ts),
+                "ttft_seconds": statistics.median(t.ttft_seconds for t in ts),
+                "prefill_tok_s": statistics.median(t.prefill_tok_s for t in ts)}
+    firsts, seconds = [p[0] for p in pairs], [p[1] for p in pairs]
+    shared = _first_divergence(ids, followup)
+    return {"mode": REFERENCE, "shared_prefix_tokens": min(len(ids), len(followup)) if shared is None else shared,
+            "first": side(firsts), "second": side(seconds),
+            "ttft_ratio": _paired(seconds, firsts, lambda t: t.ttft_seconds),
+            "trials": [{"first": a.summary(), "second": b.summary()} for a, b in pairs]}
+
+
+def _reuse_categories(rows: list[dict]) -> dict:
+    """Per category with prefix-reuse rows (and "all"): medians over its prompts; the worst
+    (largest) TTFT ratio."""
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        if r.get("prefix_reuse"):
+            groups.setdefault(r["category"], []).append(r["prefix_reuse"])
+    if groups:
+        groups["all"] = [r for members in groups.values() for r in members]
+    return {cat: {"prompts": len(rs),
+                  "shared_prefix_tokens": _median(r["shared_prefix_tokens"] for r in rs),
+                  "cached_prompt_tokens": _median(r["second"]["cached_prompt_tokens"] for r in rs),
+                  "first_cached_prompt_tokens": _median(r["first"]["cached_prompt_tokens"] for r in rs),
+                  "first_ttft_seconds": _median(r["first"]["ttft_seconds"] for r in rs),
+                  "ttft_seconds": _median(r["second"]["ttft_seconds"] for r in rs),
+                  "ttft_ratio": _median(r["ttft_ratio"] for r in rs),
+                  "worst_ttft_ratio": max((r["ttft_ratio"] for r in rs if r["ttft_ratio"] is not None),
+                                          default=None)}
+            for cat, rs in groups.items()}
 
 
 def _last_logits(session, ids: list[int]):
@@ -564,8 +736,15 @@ def _categories(rows: list[dict], modes: list[str]) -> dict:
             matches = [r["matches_plain"] for r in rs if r["matches_plain"] is not None]
             out[cat][m] = {
                 "prompts": len(rs),
+                "prompt_tokens": _median(r.get("prompt_tokens") for r in members),
                 "decode_tok_s": _median(r["decode_tok_s"] for r in rs),
                 "prefill_tok_s": _median(r["prefill_tok_s"] for r in rs),
+                "ttft_seconds": _median(r.get("ttft_seconds") for r in rs),
+                "e2e_seconds": _median(r.get("e2e_seconds") for r in rs),
+                "cached_prompt_tokens": _median(r.get("cached_prompt_tokens") for r in rs),
+                "prefill_vs_genai": _median(r.get("prefill_vs_genai") for r in rs),
+                "ttft_vs_genai": _median(r.get("ttft_vs_genai") for r in rs),
+                "e2e_vs_genai": _median(r.get("e2e_vs_genai") for r in rs),
                 "acceptance_rate": _median(r["acceptance_rate"] for r in rs),
                 "tokens_per_pass": _median(r["tokens_per_pass"] for r in rs),
                 "drafted_per_pass": _median(r.get("drafted_per_pass", 0.0) for r in rs),

@@ -32,7 +32,10 @@ def _refuse_existing(path: Path | None, force: bool) -> None:
 @click.option("--draft", default=DEFAULT_DRAFT, show_default=True, help="bundle, preset, or 'none'")
 @click.option("--modes", default=None, help="comma-separated; default: " + ",".join(DEFAULT_MODES)
               + "; also " + ",".join(m for m in MODES if m not in DEFAULT_MODES))
-@click.option("--categories", default=None, help="comma-separated prompt categories (default: all)")
+@click.option("--categories", default=None,
+              help="comma-separated prompt categories (default: the code suite's completion, edit, explain; "
+                   "'long': file-sized prompts of 1,000-3,500 tokens, with time to first token and a "
+                   "prefix-reuse row, a minute or more per mode on a 1.5B target)")
 @click.option("--prompts", "prompts_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               default=None, help="suite JSON (default: the shipped code suite)")
 @click.option("--max-tokens", type=MAX_TOKENS, default=200, show_default=True)
@@ -117,7 +120,45 @@ def print_table(result: dict) -> None:
                   "worst prompt in brackets)")
     for mode, reason in result["unsupported"].items():
         console.print(f"{mode}: not run ({reason})")
+    print_latency(result, console)
     console.print(f"peak RSS {result['peak_rss_mb']:.0f} MB")
+
+
+def print_latency(result: dict, console) -> None:
+    """Per category (not "all": waits of short and long prompts do not mix), what a user waits:
+    time to first token and prefill speed, decode speed, end to end; each against genai in the
+    same round; then the category's prefix-reuse row."""
+    from rich.table import Table
+    meta, reuse = result["meta"], result.get("prefix_reuse", {})
+    anchor = f"x {meta['anchor']}"
+    table = Table(title=f"waits: time to first token, end to end ({meta['max_tokens']} new tokens)")
+    for name in ("category", "mode", "prompt tok", "cached", "TTFT s", anchor, "prefill tok/s", anchor,
+                 "decode tok/s", "e2e s", anchor):
+        table.add_column(name, justify="left" if name in ("category", "mode") else "right")
+    for cat, modes in result["categories"].items():
+        if cat == "all":
+            continue
+        rows = list(modes.items())
+        for i, (mode, r) in enumerate(rows):
+            table.add_row(cat if i == 0 else "", mode, _fmt(r.get("prompt_tokens"), ".0f"),
+                          _fmt(r.get("cached_prompt_tokens"), ".0f"), _fmt(r.get("ttft_seconds"), ".2f"),
+                          _fmt(r.get("ttft_vs_genai"), ".2f"), _fmt(r["prefill_tok_s"], ".0f"),
+                          _fmt(r.get("prefill_vs_genai"), ".2f"), _fmt(r["decode_tok_s"], ".1f"),
+                          _fmt(r.get("e2e_seconds"), ".1f"), _fmt(r.get("e2e_vs_genai"), ".2f"),
+                          end_section=i == len(rows) - 1 and cat not in reuse)
+        if cat in reuse:
+            r = reuse[cat]
+            cached = _fmt(r["cached_prompt_tokens"], ".0f") + (  # a first request that was not cold says so
+                f" (1st: {r['first_cached_prompt_tokens']:.0f})" if r.get("first_cached_prompt_tokens") else "")
+            table.add_row("", f"{r.get('mode', 'plain')}, prefix reused", "", cached,
+                          f"{_fmt(r['ttft_seconds'], '.2f')} ({_fmt(r['ttft_ratio'], '.2f')}x 1st)",
+                          "", "", "", "", "", "", end_section=True)
+    console.print(table)
+    console.print(f"{anchor}: against {meta['anchor']} in the same round, above 1 = better (prefill: speed over "
+                  f"{meta['anchor']}'s; TTFT, e2e: {meta['anchor']}'s time over the mode's)")
+    if reuse:
+        console.print("prefix reused: a second request after the prompt (same file, another instruction) through "
+                      "the Generator's reuse path; its TTFT, and over the first request's (median, paired)")
 
 
 def main():

@@ -1,4 +1,5 @@
-"""Benchmark plots: decode tok/s per category and mode against the onnxruntime-genai anchor."""
+"""Benchmark plots: decode tok/s per category and mode against the onnxruntime-genai anchor,
+and what a user waits: time to first token and end to end."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ SPECULATIVE = ("chain", "tree", "ngram", "auto", "mixed", "recycle", "genai-spec
 
 
 def plot_suite(result: dict, path: str | Path) -> Path:
-    """Write a two-panel PNG of a `run_suite` result: tok/s bars (dashed line = genai) and
-    tokens per target pass (acceptance annotated) for the speculative modes."""
+    """Write a three-panel PNG of a `run_suite` result: tok/s bars (dashed line = genai); the
+    waits (time to first token under the rest of the reply, prefill tok/s annotated, and the
+    prefix-reuse request's TTFT); tokens per target pass (acceptance annotated) for the
+    speculative modes."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -23,8 +26,8 @@ def plot_suite(result: dict, path: str | Path) -> Path:
     anchor = result["meta"].get("anchor", "genai")
     colors = {m: f"C{i}" for i, m in enumerate(modes)}
 
-    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(max(8, 1.6 * len(names) * max(len(modes), 1) / 3), 9),
-                                   height_ratios=[3, 2])
+    fig, (ax1, ax_wait, ax2) = plt.subplots(3, 1, figsize=(max(8, 1.6 * len(names) * max(len(modes), 1) / 3), 13),
+                                            height_ratios=[3, 3, 2])
     width = 0.8 / max(len(modes), 1)
     for i, m in enumerate(modes):
         shown = [(j, c) for j, c in enumerate(names)
@@ -50,6 +53,8 @@ def plot_suite(result: dict, path: str | Path) -> Path:
                   + f", {meta['threads']} threads, {meta['max_tokens']} new tokens; labels: ratio vs {anchor}")
     ax1.legend(fontsize=8, ncol=min(len(modes) + 1, 4))
     ax1.margins(y=0.15)
+
+    _plot_waits(ax_wait, result, [c for c in names if c != "all"], modes, colors, anchor)
 
     width = 0.8 / max(len(spec), 1)
     for i, m in enumerate(spec):
@@ -77,3 +82,40 @@ def plot_suite(result: dict, path: str | Path) -> Path:
     finally:
         plt.close(fig)
     return path
+
+
+def _plot_waits(ax, result: dict, names: list[str], modes: list[str], colors: dict, anchor: str) -> None:
+    """Per category and mode, a bar of the end-to-end time: time to first token solid, the rest
+    of the reply pale on top (labels: prefill tok/s, TTFT against the anchor); a hatched bar for the request that reused
+    the prompt's prefix (label: its TTFT over the first request's)."""
+    cats, reuse = result["categories"], result.get("prefix_reuse", {})
+    slots = len(modes) + (1 if any(c in reuse for c in names) else 0)
+    width = 0.8 / max(slots, 1)
+    for i, m in enumerate(modes):
+        for j, c in enumerate(names):
+            row = cats[c].get(m)
+            if not row or row.get("ttft_seconds") is None:
+                continue
+            x = j - 0.4 + (i + 0.5) * width
+            ttft, e2e = row["ttft_seconds"], row.get("e2e_seconds") or row["ttft_seconds"]
+            ax.bar(x, ttft, width, color=colors[m], label=m if j == 0 else None)
+            ax.bar(x, max(e2e - ttft, 0.0), width, bottom=ttft, color=colors[m], alpha=0.3)
+            ratio = row.get("ttft_vs_genai")
+            label = f"{row['prefill_tok_s']:.0f}" + (f", {ratio:.2f}x" if ratio is not None and m != anchor else "")
+            ax.annotate(label, (x, ttft), ha="center", va="bottom", fontsize=7, rotation=90, xytext=(0, 2),
+                        textcoords="offset points")
+    for j, c in enumerate(names):
+        if c not in reuse or reuse[c]["ttft_seconds"] is None:
+            continue
+        x = j - 0.4 + (slots - 0.5) * width
+        r = reuse[c]
+        ax.bar(x, r["ttft_seconds"], width, color="white", edgecolor="black", hatch="//",
+               label="prefix reused (TTFT)" if not any(k in reuse for k in names[:j]) else None)
+        ax.annotate(f"{r['ttft_ratio']:.2f}x 1st", (x, r["ttft_seconds"]), ha="center", va="bottom",
+                    fontsize=7, rotation=90, xytext=(0, 2), textcoords="offset points")
+    ax.set_xticks(range(len(names)), names)
+    ax.set_ylabel("seconds (median over prompts)")
+    ax.set_title(f"waits: time to first token (solid) + rest of the reply (pale) = end to end\n"
+                 f"labels: prefill tok/s, TTFT ratio vs {anchor} (>1: sooner)", fontsize=10)
+    ax.legend(fontsize=8, ncol=min(slots, 5))
+    ax.margins(y=0.2)

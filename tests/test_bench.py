@@ -225,3 +225,132 @@ def test_modes_are_paired_with_plain_round_by_round(suite_result):
     for row in suite_result["prompts"]:  # a real run: plain over itself is exactly 1
         assert row["modes"]["plain"]["paired_vs_plain"] == 1.0
         assert row["modes"]["chain"]["paired_vs_plain"] > 0
+
+
+# ----------------------------------------------------------------------------- long prompts
+
+def _long_prompts() -> list[dict]:
+    from edgespec.apps.bench import load_suite
+    return load_suite(categories=["long"])
+
+
+@pytest.fixture(scope="session")
+def long_target(bench_bundles, tmp_path_factory) -> Path:
+    """The bench target's model with 4,096 positions (the long prompts are ~3,000 of its byte-level
+    tokens), exported fp32."""
+    import shutil
+    from edgespec.export.pipeline import ExportOptions, export
+    from edgespec.quant.recipes import Recipe
+    root = tmp_path_factory.mktemp("long")
+    hf = shutil.copytree(bench_bundles[0].parent / "hf-target", root / "hf")
+    config = json.loads((hf / "config.json").read_text())
+    (hf / "config.json").write_text(json.dumps({**config, "max_position_embeddings": 4096}))
+    export(str(hf), root / "target", ExportOptions(recipe=Recipe("fp32"), max_context=4096, force=True))
+    return root / "target"
+
+
+@pytest.fixture(scope="session")
+def long_result(long_target) -> dict:
+    from edgespec.apps.bench import run_suite
+    return run_suite(long_target, None, modes=["plain", "ngram", "genai"], prompts=_long_prompts()[:1],
+                     max_tokens=8, repeats=1, warmup=0, threads=1, progress=False)
+
+
+def test_long_suite_holds_files_with_instructions_of_1000_to_3500_tokens():
+    """Real files (stdlib modules, under their NOTICE) with edit, explain and test-writing
+    instructions; each stored Qwen token count is of the text the suite builds now (its character
+    count matches), within 1,000-3,500 and spread out; the default run leaves them out."""
+    from importlib import resources
+    from edgespec.apps.bench import load_suite
+    prompts = _long_prompts()
+    assert len(prompts) >= 4 and {p["category"] for p in prompts} == {"long"}
+    assert {p["task"] for p in prompts} == {"edit", "explain", "tests"}
+    folder = resources.files("edgespec.apps").joinpath("prompts")
+    notice = folder.joinpath("stdlib/NOTICE").read_text()
+    assert "Python Software Foundation" in notice and folder.joinpath("stdlib/LICENSE").is_file()
+    for p in prompts:
+        content = p["messages"][0]["content"]
+        assert p["chars"] == len(content), p["id"]  # the stored count is of this text
+        assert 1000 <= p["tokens"] <= 3500, p["id"]
+        assert 2.0 <= p["chars"] / p["tokens"] <= 5.0, p["id"]
+        source = folder.joinpath(p["file"]).read_text()
+        assert Path(p["file"]).name in notice
+        assert source in content and content.endswith(p["instruction"])
+        followup = p["followup_messages"][0]["content"]
+        assert followup.endswith(p["followup"]) and followup[:content.index(p["instruction"])] == \
+            content[:content.index(p["instruction"])]  # the same file first: a shared prefix
+    tokens = sorted(p["tokens"] for p in prompts)
+    assert tokens[0] < 1200 and tokens[-1] > 3000 and tokens == [p["tokens"] for p in prompts]  # cheapest first
+    assert "long" not in {p["category"] for p in load_suite()}
+    assert [p["id"] for p in load_suite(categories=["long"], per_category=1)] == [prompts[0]["id"]]
+
+
+def test_long_prompt_reports_ttft_prefill_and_prefix_reuse(long_result):
+    """Every mode's time to first token, prefill tok/s and end-to-end time, paired against
+    genai; the followup (same file, another instruction) reuses the prompt's prefix."""
+    row = long_result["prompts"][0]
+    assert row["prompt_tokens"] > 1000
+    for mode, r in row["modes"].items():
+        assert 0 < r["ttft_seconds"] <= r["e2e_seconds"], mode
+        assert r["prefill_tok_s"] > 0 and r["cached_prompt_tokens"] == 0, mode
+        for ratio in ("ttft_vs_genai", "prefill_vs_genai", "e2e_vs_genai"):
+            assert r[ratio] > 0, (mode, ratio)
+    genai = row["modes"]["genai"]
+    assert genai["ttft_vs_genai"] == genai["prefill_vs_genai"] == genai["e2e_vs_genai"] == 1.0
+    plain = row["modes"]["plain"]["trials"][0]
+    assert plain["e2e_seconds"] == pytest.approx(plain["ttft_seconds"] + plain["decode_seconds"], abs=0.05)
+
+    reuse = row["prefix_reuse"]
+    first, second = reuse["first"], reuse["second"]
+    assert first["prompt_tokens"] == row["prompt_tokens"] and first["cached_prompt_tokens"] == 0
+    assert second["cached_prompt_tokens"] == reuse["shared_prefix_tokens"] > 0.9 * row["prompt_tokens"]
+    assert 0 < second["ttft_seconds"] < first["ttft_seconds"]
+    assert reuse["ttft_ratio"] == pytest.approx(second["ttft_seconds"] / first["ttft_seconds"])
+
+    cat = long_result["categories"]["long"]["plain"]
+    assert cat["prompt_tokens"] == row["prompt_tokens"] and cat["ttft_seconds"] == row["modes"]["plain"]["ttft_seconds"]
+    assert long_result["prefix_reuse"]["long"]["ttft_ratio"] == reuse["ttft_ratio"]
+    json.dumps(long_result)
+
+
+def test_bench_long_category_prints_waits_and_plots_them(long_target, tmp_path):
+    """`--categories long` runs the long suite (--quick: its shortest prompt); the table shows
+    TTFT, prefill, e2e and the prefix-reuse row; JSON and the PNG carry them."""
+    from click.testing import CliRunner
+    from edgespec.apps import bench_cmd  # noqa: F401  (registers the command)
+    from edgespec.apps.cli import cli
+    out_json, out_png = tmp_path / "bench.json", tmp_path / "bench.png"
+    result = CliRunner().invoke(cli, ["bench", "--target", str(long_target), "--draft", "none", "--categories",
+                                      "long", "--modes", "plain,genai", "--max-tokens", "4", "--threads", "1",
+                                      "--quick", "--json", str(out_json), "--plot", str(out_png)])
+    assert result.exit_code == 0, result.output
+    for column in ("TTFT s", "prefill tok/s", "e2e s", "x genai", "plain, prefix reused", "x 1st)"):
+        assert column in result.output, column
+    data = json.loads(out_json.read_text())
+    assert [r["id"] for r in data["prompts"]] == [_long_prompts()[0]["id"]]
+    assert data["prefix_reuse"]["long"]["cached_prompt_tokens"] > 0
+    assert data["categories"]["long"]["plain"]["ttft_seconds"] > 0
+    assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_prompt_and_reply_beyond_the_context_are_refused(bench_bundles):
+    """Before anything loads: a prompt that fills the target's context, and a reply that would
+    run past it (edgespec would stop there, onnxruntime-genai would not)."""
+    import re
+    from transformers import AutoTokenizer
+    from edgespec.apps.bench import run_suite
+    from edgespec.export.errors import InputError
+    target = bench_bundles[0]
+    tok = AutoTokenizer.from_pretrained(str(target))
+    long = _long_prompts()[0]
+    n = len(tok.apply_chat_template(long["messages"], add_generation_prompt=True, tokenize=True, return_dict=False))
+    with pytest.raises(InputError, match=re.escape(
+            f"prompt {long['id']} has {n} tokens, which leaves no room for a reply in the 512-token context "
+            f"of {target.name}; leave it out (--categories) or export the target with a larger --max-context")):
+        run_suite(target, None, modes=["plain"], prompts=[long], progress=False)
+    short = PROMPTS[0]
+    n = len(tok.apply_chat_template(short["messages"], add_generation_prompt=True, tokenize=True, return_dict=False))
+    with pytest.raises(InputError, match=re.escape(
+            f"prompt c1 has {n} tokens: with --max-tokens 510 it needs {n + 510} of the 512-token context "
+            f"of {target.name}; lower --max-tokens to {512 - n}")):
+        run_suite(target, None, modes=["plain"], prompts=[short], max_tokens=510, progress=False)
