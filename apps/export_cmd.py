@@ -17,8 +17,9 @@ BLOCK_SIZES = (16, 32, 64, 128, 256)  # those Recipe.validate accepts
 @click.option("--quant", type=click.Choice(PRECISIONS), default="int4", show_default=True)
 @click.option("--block-size", type=click.Choice(BLOCK_SIZES), default=None,
               help="int4/int8 quantization block size [default: the preset's, else 32]")
-@click.option("--accuracy-level", type=click.IntRange(0, 4), default=4, show_default=True,
-              help="MatMulNBits compute precision: 4 = int8, 1 = fp32")
+@click.option("--accuracy-level", type=click.IntRange(0, 4), default=None,
+              help="MatMulNBits compute precision: 4 = int8, 1 = fp32 [default: 4; for --quant gguf 1, "
+              "which computes the GGUF's model within float rounding]")
 @click.option("--algo", type=click.Choice(ALGOS), default=None,
               help="int4 block fitting: round to nearest, or k_quant (slower export; with "
               "--block-size 128, faster decoding at nearly the quality of 32) [default: the preset's, else rtn]")
@@ -38,9 +39,11 @@ def export_command(source, output, quant, block_size, accuracy_level, algo, max_
     """Export SOURCE (HF folder, .gguf file, or preset) to an ONNX bundle."""
     from ..export.pipeline import ExportOptions, export
     from ..export.errors import InputError
-    from ..quant.recipes import Recipe
+    from ..quant.recipes import RECIPES, Recipe
     preset = _preset(source)
-    default = preset.recipe() if preset and quant == "int4" else Recipe(quant)
+    default = preset.recipe() if preset and quant == "int4" else RECIPES.get(quant, Recipe(quant))
+    if accuracy_level is None:
+        accuracy_level = default.accuracy_level
     if block_size is None:
         block_size = preset.block_size if preset else default.block_size
     try:

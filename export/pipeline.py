@@ -103,6 +103,9 @@ def export(source: str, out: str | Path, options: ExportOptions | None = None) -
     remove_stale_work()
     check_output_dir(out, options.force, source)
     work = _claim_work(out)
+    if recipe.precision == "gguf":  # the GGUF's own blocks, in a graph built from the file
+        from .faithful import export_faithful
+        return export_faithful(source, out, work, options)
     stages = ["resolve source", "build graph", "tree attention", "tokenizer", "parity", "finish"]
     bar = tqdm(total=len(stages), desc="export", unit="stage", file=sys.stderr, leave=True)
     started = time.time()

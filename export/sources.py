@@ -131,14 +131,13 @@ def read_gguf_info(path: Path) -> GGUFInfo:
 def _dequantize(gguf_path: Path, info: GGUFInfo, out: Path) -> None:
     """GGUF -> fp32 safetensors + tokenizer in `out` (a fresh folder)."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     t0 = time.perf_counter()
     _stage(f"dequantizing {gguf_path.name} to fp32 through transformers (once; cached)")
     try:
         model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name,
                                                      dtype=torch.float32)
-        tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
     except Exception as e:
         raise SourceError(f"{gguf_path}: transformers could not load this GGUF ({type(e).__name__}: {e})") from e
     # The weights are plain fp32 tensors now, but the model still carries the GGUF "quantizer",
@@ -149,12 +148,23 @@ def _dequantize(gguf_path: Path, info: GGUFInfo, out: Path) -> None:
     model.config.tie_word_embeddings = info.tied_embeddings
     if not info.tied_embeddings:
         _retie_duplicate_head(model)
-    if tokenizer.chat_template is None and info.chat_template:
-        tokenizer.chat_template = info.chat_template
     _stage(f"writing fp32 safetensors to {out.parent}")
     model.save_pretrained(out, safe_serialization=True)
-    tokenizer.save_pretrained(out)
+    save_tokenizer(gguf_path, info, out)
     _stage(f"dequantized in {time.perf_counter() - t0:.1f} s")
+
+
+def save_tokenizer(gguf_path: Path, info: GGUFInfo, out: Path) -> None:
+    """The GGUF's tokenizer as Hugging Face files in `out`, from its metadata alone (no weights read)."""
+    from transformers import AutoTokenizer
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+    except Exception as e:
+        raise SourceError(f"{gguf_path}: transformers could not read this GGUF's tokenizer "
+                          f"({type(e).__name__}: {e})") from e
+    if tokenizer.chat_template is None and info.chat_template:
+        tokenizer.chat_template = info.chat_template
+    tokenizer.save_pretrained(out)
 
 
 DUPLICATE_HEAD_TOLERANCE = 0.1  # relative Frobenius distance; quantization noise is ~0.05-0.08
@@ -214,6 +224,22 @@ def _from_gguf(path: Path, kind: str, name: str, sha256: str | None = None) -> R
 
 
 # --- entry point --------------------------------------------------------------------------------
+
+def gguf_file(source: str) -> tuple[Path, str, str, str]:
+    """The GGUF behind SOURCE, checked but not dequantized: (path, kind, name, sha256), for recipes
+    that read the file itself (export/faithful.py)."""
+    path = Path(source).expanduser()
+    if path.is_file() and path.suffix.lower() == ".gguf":
+        check_magic(path)
+        return path, "gguf", path.stem, file_sha256(path)
+    if source in presets.names() and not path.exists():
+        preset = presets.get(source)
+        return assemble(preset), "preset", preset.name, preset.sha256  # verified against preset.sha256
+    if not path.is_dir():
+        resolve(source)  # raises the usual error: no such source, or a file that is not a GGUF
+    raise SourceError(f"SOURCE '{source}' is a folder, not a GGUF file; the faithful recipe (--quant gguf) "
+                      "transcodes a GGUF's blocks: give a .gguf file or a preset, or choose another --quant")
+
 
 def resolve(source: str) -> ResolvedSource:
     path = Path(source).expanduser()

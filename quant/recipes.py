@@ -7,7 +7,11 @@ from dataclasses import dataclass
 
 from ..export.errors import InputError
 
-PRECISIONS = ("int4", "int8", "fp16", "fp32")
+PRECISIONS = ("int4", "int8", "fp16", "fp32", "gguf")
+# "gguf": the GGUF's own blocks transcoded into MatMulNBits weights, not re-quantized (export/faithful.py);
+# a GGUF source only. Its accuracy_level is the compute type: 1 (fp32) computes the GGUF's model within
+# float rounding (top-1 100% vs the float64 source on the quality text, SmolLM2 and the 0.5B Qwen);
+# 4 (int8 activations) is ~2x faster per token and no longer exact (top-1 98.5% on the 0.5B, 93% SmolLM2).
 # How block scales are fitted. rtn: round to nearest on the block's absmax (the builder's default).
 # k_quant: searches each block's scale and zero point for the least squared error (slower to
 # export: 6.5 min single-threaded for the 1.5B against 70 s); it is what makes 128-weight blocks
@@ -32,6 +36,8 @@ class Recipe:
             raise InputError(f"unknown quantization algorithm '{self.algo}'; choose one of {', '.join(ALGOS)}")
         if self.algo != "rtn" and self.precision != "int4":
             raise InputError(f"{self.algo} applies to int4 only (got {self.precision})")
+        if self.precision == "gguf" and self.block_size != Recipe.block_size:
+            raise InputError(f"--quant gguf keeps the GGUF's own blocks; --block-size {self.block_size} does not apply")
         if self.accuracy_level not in (0, 1, 2, 3, 4):
             raise InputError(f"accuracy level must be 0-4 (got {self.accuracy_level}); 4 = int8 compute, 1 = fp32")
         return self
@@ -59,7 +65,9 @@ class Recipe:
 
     def to_dict(self) -> dict:
         data = dataclasses.asdict(self)
-        if not self.quantized:
+        if self.precision == "gguf":  # the block size and fitting are the GGUF's own
+            data = {"precision": self.precision, "accuracy_level": self.accuracy_level}
+        elif not self.quantized:
             data = {"precision": self.precision}
         return data
 
@@ -77,4 +85,6 @@ RECIPES = {
     # 128-weight blocks fitted by k_quant: the 1.5B coder's single-token steps 8% and 4-token passes
     # 29% cheaper than int4's on a 2-core AVX-512 CPU, at 0.4% more perplexity (README, "Recipes")
     "int4-k128": Recipe("int4", block_size=128, algo="k_quant"),
+    # the GGUF's blocks as they are, fp32 compute: logits of the GGUF's model within float rounding
+    "gguf": Recipe("gguf", accuracy_level=1),
 }
