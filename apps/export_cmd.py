@@ -45,7 +45,7 @@ def export_command(source, output, quant, block_size, accuracy_level, algo, max_
     if accuracy_level is None:
         accuracy_level = default.accuracy_level
     if block_size is None:
-        block_size = preset.block_size if preset else default.block_size
+        block_size = default.block_size  # the preset's own, where its recipe is the one asked for
     try:
         recipe = Recipe(quant, block_size=block_size, accuracy_level=accuracy_level,
                         algo=algo or default.algo).validate()
