@@ -22,6 +22,17 @@ from ..export.manifest import Manifest, read_manifest
 from .memory import collapse_to_huge_pages, released_while_loading, zeros_on_demand
 
 
+# Rows per prefill pass, from ORT's profiler on the 0.5B int4 bundle (2 threads, ORT 1.32; CPU
+# time with spinning off, which other load barely moves). MatMulNBits costs about the same per row
+# at 128-1,024 rows a pass. GroupQueryAttention's cost per row and visible key falls from 64 rows
+# (1.50 us at 2,900 cached tokens) to 256 (1.23) and no further, and a pass computes its whole rows
+# x keys block, masked triangle too, so much wider passes waste more. Prefill work per prompt token
+# at 512 / 1,536 / 3,000 tokens: 64 rows 7.1 / 8.6 / 10.2 ms, 256 rows 6.6 / 7.1 / 8.4 (the builder
+# graph in one pass, as onnxruntime-genai runs it: 8.5 / 9.3 / 11.2). A pass keeps ~0.12 MB per row
+# in ORT's arena whatever the context (256 rows: 36 MB; 1,024: 117 MB).
+PREFILL_CHUNK = 256
+
+
 class KVCache:
     """Key and value buffers of every layer, `length` rows of which are valid."""
 
@@ -59,6 +70,26 @@ class KVCache:
         if not 0 <= n <= self.length:
             raise InputError(f"cannot rewind {n} of {self.length} cached tokens")
         self.length -= n
+
+    @property
+    def row_nbytes(self) -> int:
+        """Bytes of one token's row over every layer, keys and values."""
+        return sum(a[0, :, 0].nbytes for a in self.keys + self.values)
+
+    def copy_rows(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """Copies of rows 0..n: keys, values [layers, kv_heads, n, head_dim] (a prefix cache's
+        entry, which the cache's later writes leave alone)."""
+        assert 0 <= n <= self.length, (n, self.length)
+        return np.stack([a[0, :, :n] for a in self.keys]), np.stack([a[0, :, :n] for a in self.values])
+
+    def write_rows(self, keys: np.ndarray, values: np.ndarray, start: int, stop: int) -> None:
+        """Rows start..stop of keys, values [layers, kv_heads, >= stop, head_dim] into place; the
+        cache then holds `stop` rows (rows before `start` already hold the same prefix)."""
+        assert 0 <= start <= min(self.length, stop) and stop <= min(self.max_len, keys.shape[2]), (start, stop)
+        for layer, (k, v) in enumerate(zip(self.keys, self.values)):
+            k[0, :, start:stop] = keys[layer, :, start:stop]
+            v[0, :, start:stop] = values[layer, :, start:stop]
+        self.length = stop
 
 
 @dataclass
@@ -225,19 +256,21 @@ class Session:
         logits = self._logits_output().numpy()[0]  # [S, vocab]
         return logits.astype(np.float32, copy=False)
 
-    def prefill(self, tokens, chunk: int = 64) -> np.ndarray:
-        """Feed a prompt in chunks; return the last logits [vocab].
+    def prefill(self, tokens, chunk: int | None = None) -> np.ndarray:
+        """Feed a prompt in passes of `chunk` tokens; return the last logits [vocab].
 
-        Graphs without `num_logits` give every position logits ([chunk, vocab], 39 MB at
-        64 x 152k), which ORT's arena then keeps: small chunks bound that memory at no
-        measured cost in prefill speed.
+        chunk: None for PREFILL_CHUNK, or 64 on graphs without `num_logits`: those give every
+        row logits ([chunk, vocab], 39 MB at 64 x 152k), which ORT's arena then keeps.
         """
         tokens = list(tokens)
         if not tokens:
             raise InputError("prefill needs at least one token")
-        logits = None
+        if chunk is None:
+            chunk = PREFILL_CHUNK if self._num_logits else 64
+        if not (isinstance(chunk, (int, np.integer)) and chunk >= 1):
+            raise InputError(f"prefill chunk must be an integer >= 1 (got {chunk!r})")
         for i in range(0, len(tokens), chunk):
-            logits = self.forward(tokens[i:i + chunk], last=1)
+            logits = self.forward(tokens[i:i + chunk], last=1)  # [1, vocab]
         return logits[-1]
 
     def reset(self) -> None:
