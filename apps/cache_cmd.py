@@ -22,7 +22,7 @@ def cache_command(prune, dry_run):
     click.echo(f"cache {cache.location()}")
     for kind in dict.fromkeys(e.kind for e in entries):
         mine = [e for e in entries if e.kind == kind]
-        what = cache.KINDS.get(kind, ("",))[0]
+        what = cache.KINDS.get(kind, "")
         click.echo(f"{kind + '/':10s} {_mib(sum(e.bytes for e in mine)):>14s}  {what}")
         for e in mine:
             mark = f"  (prunable: {e.why})" if e.why else ""

@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from starlette.exceptions import HTTPException
 
 from ..export.errors import EdgespecError, InputError
-from ..runtime.api import Chunk, Generator, Stats
+from ..runtime.api import Chunk, Generator, Stats, content_text
 
 MAX_BODY = 1 << 20  # bytes
 
@@ -160,15 +160,10 @@ class _Message(BaseModel):
     content: str | list[dict]
 
     def text(self, i: int) -> str:
-        if isinstance(self.content, str):
-            return self.content
-        parts = []
-        for part in self.content:
-            if part.get("type") != "text" or not isinstance(part.get("text"), str):
-                raise APIError(400, f"only text content parts are supported (got type {part.get('type')!r})",
-                               param=f"messages[{i}].content")
-            parts.append(part["text"])
-        return "".join(parts)
+        try:
+            return content_text(i, self.content)
+        except InputError as e:
+            raise APIError(400, str(e), param=f"messages[{i}].content") from None
 
 
 class ChatRequest(_Request):

@@ -60,14 +60,14 @@ def remove_stale_work() -> None:
 
 # --- what the cache holds, and what can go ---------------------------------------------------
 
-# Top-level folders and what each holds; `prunable` ones are rebuilt on demand.
+# Top-level folders and what each holds (what prune removes: `entries`).
 KINDS = {
-    "gguf": ("assembled GGUFs of presets (the source of truth for their bundles)", False),
-    "hf": ("Hugging Face folders dequantized from GGUFs (export input, rebuilt on demand)", True),
-    "bundles": ("prepared preset bundles", False),
-    "verified": ("integrity stamps of verified bundle files", False),
-    "profiles": ("device latency profiles", False),
-    "prompts": ("KV rows of long prompts (runtime/prompt_store.py), rebuilt by prefilling", True),
+    "gguf": "assembled GGUFs of presets (the source of truth for their bundles)",
+    "hf": "Hugging Face folders dequantized from GGUFs (export input, rebuilt on demand)",
+    "bundles": "prepared preset bundles",
+    "verified": "integrity stamps of verified bundle files",
+    "profiles": "device latency profiles",
+    "prompts": "KV rows of long prompts (runtime/prompt_store.py), rebuilt by prefilling",
 }
 
 

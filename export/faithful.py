@@ -26,13 +26,12 @@ from .draft_vocab import default_size, write_draft_head
 from .errors import InputError
 from .gguf_decoder import build_decoder
 from .gguf_model import GGUFModel
-from .integrity import record_files
 from .manifest import Manifest
+from .pipeline import context_rows, publish
 from .parity import PARITY_PROMPTS, bundle_logits, compare
 from .tokenizer_files import stop_token_ids, tokenizer_sha256
 
 MODEL_FILE = "model.onnx"
-DEFAULT_MAX_CONTEXT = 4096
 REFERENCE = "float64 dequantization of the GGUF's blocks, same architecture (numpy)"
 
 
@@ -52,9 +51,7 @@ def export_faithful(source: str, out: Path, work: Path, options) -> Manifest:
         info = sources.GGUFInfo(architecture=cfg.architecture, tied_embeddings=cfg.tied_embeddings,
                                 chat_template=model.field("tokenizer.chat_template"))
         kept = parse_layers(options.layers, cfg.num_layers) if options.layers else None
-        max_context = options.max_context or min(cfg.context_length, DEFAULT_MAX_CONTEXT)
-        if max_context > cfg.context_length:
-            raise InputError(f"--max-context {max_context} exceeds the model's {cfg.context_length} positions")
+        max_context = context_rows(options.max_context, cfg.context_length)
         bar.update()
         bar.set_postfix_str(stages[1])
         bundle = work / "bundle"
@@ -89,9 +86,7 @@ def export_faithful(source: str, out: Path, work: Path, options) -> Manifest:
         bar.set_postfix_str(stages[4])
         manifest.sizes = {"bundle_bytes": bundle_bytes(bundle, manifest), "source_gguf_bytes": path.stat().st_size,
                           "export_seconds": round(time.time() - started, 1)}
-        manifest.files = record_files(bundle)  # sizes and sha256, checked at load (export/integrity.py)
-        manifest.write(bundle)
-        files.replace_folder(bundle, out)  # the old bundle stays whole until the new one is in place
+        publish(bundle, manifest, out)
         bar.update()
     finally:
         bar.close()

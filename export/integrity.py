@@ -33,7 +33,8 @@ import sys
 from pathlib import Path
 
 from .cache import cache_root
-from .errors import BundleError
+from .errors import BundleError, EdgespecError
+from .files import atomic_write_text
 from .manifest import MANIFEST_NAME, Manifest
 
 # ONNX Runtime's element types of the KV cache, as numpy names (the manifest's io_dtype)
@@ -155,11 +156,9 @@ def _read_stamp(bundle: Path) -> dict:
 
 
 def _write_stamp(bundle: Path, files: dict) -> None:
+    path = _stamp_path(bundle)
     try:
-        path = _stamp_path(bundle)
         path.parent.mkdir(exist_ok=True)
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"bundle": str(bundle.resolve()), "files": files}))
-        os.replace(tmp, path)
-    except OSError:  # an unwritable cache: the next load hashes again
+        atomic_write_text(path, json.dumps({"bundle": str(bundle.resolve()), "files": files}))
+    except (OSError, EdgespecError):  # an unwritable cache: the next load hashes again
         pass

@@ -23,7 +23,7 @@ from ..quant.quality import bundle_bytes
 from ..quant.recipes import Recipe
 from . import files, sources
 from .builder import build_graph
-from .errors import EdgespecError
+from .errors import EdgespecError, InputError
 from .extras import require_export
 from .integrity import record_files
 from .cache import remove_stale_work
@@ -157,14 +157,28 @@ def export(source: str, out: str | Path, options: ExportOptions | None = None) -
             "source_gguf_bytes": resolved.gguf_path.stat().st_size if resolved.gguf_path else None,
             "export_seconds": round(time.time() - started, 1),
         }
-        manifest.files = record_files(bundle)  # sizes and sha256, checked at load (export/integrity.py)
-        manifest.write(bundle)
-        files.replace_folder(bundle, out)  # the old bundle stays whole until the new one is in place
+        publish(bundle, manifest, out)
         bar.update()
     finally:
         bar.close()
         shutil.rmtree(work, ignore_errors=True)
     return manifest
+
+
+def context_rows(asked: int | None, limit: int) -> int:
+    """KV rows a bundle preallocates: as asked, else the model's limit up to DEFAULT_MAX_CONTEXT."""
+    rows = asked or min(limit, DEFAULT_MAX_CONTEXT)
+    if rows > limit:
+        raise InputError(f"--max-context {rows} exceeds the model's {limit} positions")
+    return rows
+
+
+def publish(bundle: Path, manifest: Manifest, out: Path) -> None:
+    """Record the bundle's files (sizes and sha256, checked at load: integrity.py), write its
+    manifest last, and swap it into `out`: an old bundle there stays whole until then."""
+    manifest.files = record_files(bundle)
+    manifest.write(bundle)
+    files.replace_folder(bundle, out)
 
 
 def _manifest(resolved, bundle: Path, recipe: Recipe, options: ExportOptions, options_source: str) -> Manifest:
@@ -181,9 +195,7 @@ def _manifest(resolved, bundle: Path, recipe: Recipe, options: ExportOptions, op
         _retype_bias(bundle / "model.onnx", past.type.tensor_type.elem_type)
     tok = AutoTokenizer.from_pretrained(str(bundle))
     limit = int(config.get("max_position_embeddings") or genai.get("context_length") or DEFAULT_MAX_CONTEXT)
-    max_context = options.max_context or min(limit, DEFAULT_MAX_CONTEXT)
-    if max_context > limit:
-        raise EdgespecError(f"--max-context {max_context} exceeds the model's {limit} positions")
+    max_context = context_rows(options.max_context, limit)
     return Manifest(
         architecture=config["model_type"],
         role=options.role or _preset_role(resolved) or "target",

@@ -344,16 +344,20 @@ class Generator:
 
 
 def _message(i: int, m) -> dict:
-    """Message i with its content as text: a string, or OpenAI's text parts joined."""
+    """Message i with its content as text (content_text)."""
     if not isinstance(m, dict):
         raise InputError(f"message {i} must be a dict with 'role' and 'content' (got {type(m).__name__})")
     if "role" not in m or "content" not in m:
         raise InputError(f"message {i} needs 'role' and 'content' (got keys {list(m)})")
     if not isinstance(m["role"], str):
         raise InputError(f"message {i}: role must be a string (got {type(m['role']).__name__})")
-    content = m["content"]
+    return m if isinstance(m["content"], str) else {**m, "content": content_text(i, m["content"])}
+
+
+def content_text(i: int, content) -> str:
+    """Message i's content as text: a string, or OpenAI's text parts joined (the server's too)."""
     if isinstance(content, str):
-        return m
+        return content
     if not isinstance(content, (list, tuple)):
         raise InputError(f"message {i}: content must be text or a list of text parts "
                          f"(got {type(content).__name__})")
@@ -369,7 +373,7 @@ def _message(i: int, m) -> dict:
             raise InputError(f"message {i}: text part {j} needs a string 'text' "
                              f"(got {type(part.get('text')).__name__})")
         texts.append(part["text"])
-    return {**m, "content": "".join(texts)}
+    return "".join(texts)
 
 
 def _stop_strings(stop) -> list[str]:

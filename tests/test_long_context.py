@@ -21,6 +21,8 @@ from edgespec.runtime.scheduler import decode_steps
 from edgespec.runtime.session import Session
 from edgespec.runtime.tree import DraftTree
 
+from drafting import EveryNthPass
+
 CONTEXT = 4096
 
 
@@ -187,20 +189,8 @@ def test_draft_rejoining_over_a_long_prompt_stays_lossless(target, draft, long_p
     params = SamplingParams()
     drafter = ModelDrafter(draft, params, window=128, rejoin=4)
 
-    class EveryEighthPass:
-        def __init__(self):
-            self.passes = 0
-
-        def propose(self, context, budget):
-            self.passes += 1
-            return drafter.propose(context, budget) if self.passes % 8 == 1 else DraftTree(context[-1])
-
-        def observe(self, verdict, tree=None, logits=None):
-            if self.passes % 8 == 1:
-                drafter.observe(verdict, tree, logits)
-
     out, offsets = [], set()
-    for step in decode_steps(target, ids, params, EveryEighthPass(), budget=4):
+    for step in decode_steps(target, ids, params, EveryNthPass(drafter, 8), budget=4):
         out.extend(step.tokens)
         offsets.add(drafter._offset)
         if len(out) >= 48:

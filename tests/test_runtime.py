@@ -13,6 +13,7 @@ from edgespec.runtime.sampling import SamplingParams
 from edgespec.runtime.scheduler import decode_steps
 from edgespec.runtime.session import Session, SessionOptions
 from edgespec.runtime.tree import DraftTree
+from drafting import EveryNthPass
 from exactness import chi_square_pvalue, exact_distribution
 
 PROMPT = "def add(a, b):\n    return"
@@ -308,22 +309,8 @@ def test_draft_far_behind_restarts_from_its_window(target, draft):
     drafter = ModelDrafter(draft, params, window=4, rejoin=4)
     ids = gen.encode(PROMPT)
 
-    class EveryTenthPass:  # the model drafts one pass in ten; the others are plain passes
-        def __init__(self):
-            self.passes = 0
-
-        def propose(self, context, budget):
-            self.passes += 1
-            if self.passes % 10 == 1:
-                return drafter.propose(context, budget)
-            return DraftTree(context[-1])
-
-        def observe(self, verdict, tree=None, logits=None):
-            if self.passes % 10 == 1:
-                drafter.observe(verdict, tree, logits)
-
     out, offsets = [], set()
-    for step in decode_steps(target, ids, params, EveryTenthPass(), budget=4):
+    for step in decode_steps(target, ids, params, EveryNthPass(drafter, 10), budget=4):
         out.extend(step.tokens)
         offsets.add(drafter._offset)
         if len(out) >= 48:
