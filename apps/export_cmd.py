@@ -23,6 +23,9 @@ BLOCK_SIZES = (16, 32, 64, 128, 256)  # those Recipe.validate accepts
 @click.option("--algo", type=click.Choice(ALGOS), default=None,
               help="int4 block fitting: round to nearest, or k_quant (slower export; with "
               "--block-size 128, faster decoding at nearly the quality of 32) [default: the preset's, else rtn]")
+@click.option("--symmetric/--asymmetric", default=None,
+              help="int4 rtn blocks: symmetric, or with a zero point fitted per block (k_quant always fits "
+              "one) [default: the preset's, else symmetric]")
 @click.option("--max-context", type=MAX_CONTEXT, default=None, help="KV cache rows (default: min(model limit, 4096))")
 @click.option("--role", type=click.Choice(["target", "draft"]), default=None)
 @click.option("--layers", default=None, help="keep only these decoder layers, e.g. 0-19 or 0-13,21-27 "
@@ -34,7 +37,7 @@ BLOCK_SIZES = (16, 32, 64, 128, 256)  # those Recipe.validate accepts
               "nor the source or the working directory)")
 @click.option("--no-parity", is_flag=True, help="skip the logits check against the source model")
 @click.option("--check", is_flag=True, help="also measure top-1 agreement and perplexity vs the source model")
-def export_command(source, output, quant, block_size, accuracy_level, algo, max_context, role, layers, draft_vocab,
+def export_command(source, output, quant, block_size, accuracy_level, algo, symmetric, max_context, role, layers, draft_vocab,
                    force, no_parity, check):
     """Export SOURCE (HF folder, .gguf file, or preset) to an ONNX bundle."""
     from ..export.pipeline import ExportOptions, export
@@ -48,7 +51,8 @@ def export_command(source, output, quant, block_size, accuracy_level, algo, max_
         block_size = default.block_size  # the preset's own, where its recipe is the one asked for
     try:
         recipe = Recipe(quant, block_size=block_size, accuracy_level=accuracy_level,
-                        algo=algo or default.algo).validate()
+                        algo=algo or default.algo,
+                        symmetric=default.symmetric if symmetric is None else symmetric).validate()
     except InputError as e:  # only a combination of the options is left to refuse: --algo with --quant
         raise click.UsageError(str(e)) from None
     manifest = export(source, output, ExportOptions(recipe=recipe, max_context=max_context, role=role,

@@ -124,6 +124,10 @@ def write_draft_head(bundle: Path, manifest: Manifest, size: int, ids=None) -> d
         offset += len(raw)
         model.graph.initializer.append(tensor)
         head.input[slot] = tensor.name
+    used = {name for node in model.graph.node for name in node.input}
+    kept = [t for t in model.graph.initializer if t.name in used]  # not the full head's blocks, unless shared
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(kept)
     for attr in head.attribute:
         if attr.name == "N":
             attr.i = len(ids)

@@ -19,11 +19,12 @@ import onnx
 from onnx import TensorProto
 
 from .gguf_model import DecoderConfig, GGUFModel
-from .gguf_transcode import Encoded, concat_rows
+from .gguf_transcode import Encoded, Requant, concat_rows
 from .manifest import Manifest
 from .onnx_graph import MS, Graph, WeightFile
 
 DATA_SUFFIX = ".data"
+GENAI_MODEL = "model.genai.onnx"  # the same graph for onnxruntime-genai (bench anchors), same weights
 INT8_COMPUTE = 4  # MatMulNBits accuracy_level with int8 activations
 
 
@@ -34,6 +35,7 @@ class DecoderSummary:
     gguf_types: dict[str, int] = field(default_factory=dict)  # GGUF type -> weights transcoded
     layout: str = "planes"
     head_has_offsets: bool = False
+    requant: Requant | None = None  # compact recipes: every weight re-quantized so
 
 
 def layout_for(accuracy_level: int) -> str:
@@ -49,19 +51,43 @@ def rope_cache(config: DecoderConfig, positions: int, dtype=np.float32) -> tuple
 
 
 def build_decoder(model: GGUFModel, path: Path, accuracy_level: int, max_positions: int,
-                  layers: list[int] | None = None) -> DecoderSummary:
-    """Write `path` (model.onnx) and `path`.data for `model`; layers: the GGUF layers to keep (default all)."""
+                  layers: list[int] | None = None, requant: Requant | None = None) -> DecoderSummary:
+    """Write `path` (model.onnx) and `path`.data for `model`; layers: the GGUF layers to keep (default all);
+    requant: re-quantize every weight so (compact recipes) instead of transcoding its blocks."""
     cfg = model.config
     layers = list(range(cfg.num_layers)) if layers is None else list(layers)
-    summary = DecoderSummary(layers=layers, layout=layout_for(accuracy_level))
+    summary = DecoderSummary(layers=layers, layout=str(requant) if requant else layout_for(accuracy_level),
+                             requant=requant)
     store = WeightFile(path.with_name(path.name + DATA_SUFFIX))
     g = Graph(store, accuracy_level)
     try:
         _build(g, model, summary, max_positions)
     finally:
         store.close()
-    onnx.save(g.model(), str(path))
+    model_proto = g.model()
+    onnx.save(model_proto, str(path))
+    onnx.save(genai_graph(model_proto), str(path.with_name(GENAI_MODEL)))
     return summary
+
+
+def genai_graph(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The decoder as onnxruntime-genai runs it: no tree-attention bias (attention is causal) and
+    logits of every row (no num_logits). Its initializers point at the same external data file."""
+    genai = onnx.ModelProto()
+    genai.CopyFrom(model)
+    graph = genai.graph
+    dropped = {"attention_bias", "num_logits"}
+    kept_inputs = [i for i in graph.input if i.name not in dropped]
+    del graph.input[:]
+    graph.input.extend(kept_inputs)
+    slice_node = next(n for n in graph.node if n.op_type == "Slice" and n.name == "/num_logits/last_rows")
+    rows, all_rows = slice_node.output[0], slice_node.input[0]
+    nodes = [n for n in graph.node if n.name not in ("/num_logits/starts", "/num_logits/last_rows")]
+    for node in nodes:
+        node.input[:] = ["" if name in dropped else all_rows if name == rows else name for name in node.input]
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return genai
 
 
 def _build(g: Graph, model: GGUFModel, summary: DecoderSummary, max_positions: int) -> None:
@@ -170,7 +196,7 @@ def _products(g: Graph, model: GGUFModel, summary: DecoderSummary, x: str, fused
 def _encoded(model: GGUFModel, summary: DecoderSummary, name: str, layout: str | None = None):
     kind = model.type_of(name)
     summary.gguf_types[kind] = summary.gguf_types.get(kind, 0) + 1
-    return model.encoded(name, layout or summary.layout)
+    return model.encoded(name, summary.requant or layout or summary.layout)
 
 
 def _weights(g: Graph, model: GGUFModel, summary: DecoderSummary, name: str, as_name: str,

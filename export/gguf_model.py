@@ -13,7 +13,8 @@ import numpy as np
 
 from .errors import SourceError
 from .gguf_file import GGUFFile
-from .gguf_transcode import FLOAT_TYPES, SUPPORTED, Encoded, concat_rows, decode, encode, float_weight
+from .gguf_transcode import (FLOAT_TYPES, SUPPORTED, Encoded, Requant, concat_rows, decode, encode, float_weight,
+                             requantize)
 
 # Architectures whose GGUF graph we build ourselves, and whether llama.cpp's converter stored their
 # q/k rows in the interleaved rotary order (llama's is permuted for GGML's "normal" RoPE; qwen2 keeps
@@ -111,17 +112,28 @@ class GGUFModel:
         t = self.tensors[name]
         return t.type_name, self.file.data(name), int(t.shape[0])  # data: [N, bytes per row] or float [N, K]
 
-    def encoded(self, name: str, layout: str) -> Encoded | np.ndarray:
-        """The weight `name` [N, K] laid out for MatMulNBits, or float32 [N, K] for a float tensor."""
+    def encoded(self, name: str, layout: str | Requant) -> Encoded | np.ndarray:
+        """The weight `name` [N, K] laid out for MatMulNBits: its own blocks transcoded (layout
+        "planes" or "int8"; a float tensor stays float32 [N, K]), or re-quantized (a Requant)."""
         kind, data, k = self._rows(name)
-        if kind in FLOAT_TYPES:
+        if kind in FLOAT_TYPES and not isinstance(layout, Requant):
             weight = float_weight(kind, data).reshape(-1, k).copy()
             self.file.release(name)
             return weight
         step = max(1, CHUNK_WEIGHTS // k)
-        parts = [encode(decode(kind, data[i:i + step], k), layout) for i in range(0, data.shape[0], step)]
+        parts = [self._encode_rows(kind, data[i:i + step], k, layout) for i in range(0, data.shape[0], step)]
         self.file.release(name)
         return parts[0] if len(parts) == 1 else concat_rows(parts)
+
+    @staticmethod
+    def _encode_rows(kind: str, rows, k: int, layout: str | Requant) -> Encoded:
+        if not isinstance(layout, Requant):
+            return encode(decode(kind, rows, k), layout)
+        if kind in FLOAT_TYPES:
+            weight = float_weight(kind, rows).reshape(-1, k)
+        else:
+            weight = decode(kind, np.asarray(rows), k).dequantize().astype(np.float32)
+        return requantize(weight, layout)
 
     def dequantized(self, name: str, rows=None) -> np.ndarray:
         """Float64 [len(rows), K] of `name` (rows: a slice or an index array; default all), the

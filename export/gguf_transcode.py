@@ -228,6 +228,34 @@ def float_weight(type_name: str, data: np.ndarray) -> np.ndarray:
     return np.asarray(data, dtype=np.float32)
 
 
+@dataclass(frozen=True)
+class Requant:
+    """A compact recipe's encoding: 4-bit blocks of `block` weights, symmetric (the kernel's
+    zero point 8) or with a fitted uint8 zero point per block."""
+    block: int
+    symmetric: bool
+
+    def __str__(self) -> str:  # the manifest's layout record
+        return f"int4-b{self.block}-{'sym' if self.symmetric else 'asym'}"
+
+
+def requantize(w: np.ndarray, rq: Requant) -> Encoded:
+    """float32 W [N, K] -> 4-bit MatMulNBits arrays by onnxruntime's quantizer. The block shrinks
+    (halving) to one that divides K, so lookups (GatherBlockQuantized) need no padding."""
+    from onnxruntime.capi._pybind_state import quantize_matmul_4bits
+    n, k = w.shape
+    block = rq.block
+    while k % block and block > 16:
+        block //= 2
+    nb = -(-k // block)
+    q = np.zeros((n, nb, block // 2), np.uint8)
+    scales = np.zeros(n * nb, np.float32)
+    zeros = np.zeros(n * -(-nb // 2), np.uint8)
+    quantize_matmul_4bits(q, np.ascontiguousarray(w.T, dtype=np.float32), scales, zeros, block, n, k, rq.symmetric)
+    return Encoded(bits=4, block=block, planes=1, weight=q, scales=scales.reshape(n, nb),
+                   zero_points=None if rq.symmetric else zeros.reshape(n, -1), offset=None)
+
+
 def concat_rows(parts: list[Encoded]) -> Encoded:
     """Encoded weights stacked along N (row chunks of one tensor, or q/k/v fused into one product);
     all parts share bits, block and planes. A part without zero points or offsets gets the defaults."""

@@ -53,8 +53,16 @@ def record_files(bundle: Path) -> dict:
         name = path.relative_to(bundle).as_posix()
         if name == MANIFEST_NAME or any(part.startswith(".") for part in name.split("/")):
             continue
-        files[name] = {"bytes": path.stat().st_size, "sha256": file_sha256(path)}
+        files[name] = {"bytes": path.stat().st_size, "sha256": file_sha256(path, progress=False)}
     return files
+
+
+def stamp(bundle: Path, manifest: Manifest) -> None:
+    """Stamp a bundle just published as verified: its files were hashed as they were written,
+    so its first load need not read them all again."""
+    bundle = Path(bundle)
+    _write_stamp(bundle, {name: _stamp_of((bundle / name).stat(), recorded["sha256"])
+                          for name, recorded in manifest.files.items()})
 
 
 def verify(bundle: Path, manifest: Manifest) -> None:
@@ -119,14 +127,16 @@ def check_graph(sess, manifest: Manifest, bundle: Path, model_file: str) -> None
         contradicts("vocab_size", vocab, f"last axis of {logits.name}")  # a draft head has fewer columns
 
 
-def file_sha256(path: Path) -> str:
+def file_sha256(path: Path, progress: bool = True) -> str:
+    """progress: a bar for big files (not inside another task's bar, such as an export's)."""
     from tqdm import tqdm
     h, buffer = hashlib.sha256(), bytearray(_BUFFER)
     view = memoryview(buffer)
     size = os.path.getsize(path)
     with open(path, "rb", buffering=0) as f, tqdm(
             total=size, desc=f"hashing {Path(path).name}", unit="B", unit_scale=True,
-            unit_divisor=1024, file=sys.stderr, leave=False, disable=size < _PROGRESS_FROM) as bar:
+            unit_divisor=1024, file=sys.stderr, leave=False,
+            disable=not progress or size < _PROGRESS_FROM) as bar:
         while n := f.readinto(buffer):
             h.update(view[:n])
             bar.update(n)

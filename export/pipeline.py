@@ -25,7 +25,7 @@ from . import files, sources
 from .builder import build_graph
 from .errors import EdgespecError, InputError
 from .extras import require_export
-from .integrity import record_files
+from .integrity import record_files, stamp
 from .cache import remove_stale_work
 from .manifest import MANIFEST_NAME, Manifest
 from .parity import parity_report
@@ -103,9 +103,9 @@ def export(source: str, out: str | Path, options: ExportOptions | None = None) -
     remove_stale_work()
     check_output_dir(out, options.force, source)
     work = _claim_work(out)
-    if recipe.precision == "gguf":  # the GGUF's own blocks, in a graph built from the file
-        from .faithful import export_faithful
-        return export_faithful(source, out, work, options)
+    from .gguf_export import export_gguf, streams
+    if streams(source, recipe):  # a graph built from the GGUF itself, streamed tensor by tensor
+        return export_gguf(source, out, work, options)
     stages = ["resolve source", "build graph", "tree attention", "tokenizer", "parity", "finish"]
     bar = tqdm(total=len(stages), desc="export", unit="stage", file=sys.stderr, leave=True)
     started = time.time()
@@ -179,6 +179,7 @@ def publish(bundle: Path, manifest: Manifest, out: Path) -> None:
     manifest.files = record_files(bundle)
     manifest.write(bundle)
     files.replace_folder(bundle, out)
+    stamp(out, manifest)
 
 
 def _manifest(resolved, bundle: Path, recipe: Recipe, options: ExportOptions, options_source: str) -> Manifest:

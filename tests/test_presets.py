@@ -203,10 +203,13 @@ def test_smollm2_is_verified_in_place_without_import():
 
 def test_export_of_a_preset_defaults_to_its_recipe(tmp_path, monkeypatch):
     """`edgespec export qwen2.5-coder-1.5b` without --block-size/--algo builds what first use
-    prepares (128-weight k_quant blocks); a folder of the same name is a folder, not the preset."""
+    prepares (128-weight blocks with fitted zero points, streamed from the GGUF); a folder of the same
+    name is a folder, not the preset."""
     from edgespec.apps.export_cmd import _preset
+    from edgespec.export.gguf_export import requant_for
     target = _preset("qwen2.5-coder-1.5b")
-    assert (target.block_size, target.algo) == (128, "k_quant")
+    assert (target.block_size, target.algo, target.symmetric) == (128, "rtn", False)
+    assert str(requant_for(target.recipe())) == "int4-b128-asym"
     assert _preset("model.gguf") is None
     (tmp_path / "qwen2.5-coder-1.5b").mkdir()
     monkeypatch.chdir(tmp_path)

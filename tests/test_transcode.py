@@ -176,7 +176,7 @@ def test_tiny_gguf_exports_faithfully(tmp_path, arch, accuracy_level):
     assert manifest.quant["precision"] == "gguf" and manifest.quant["accuracy_level"] == accuracy_level
     assert manifest.quant["layout"] == ("int8" if accuracy_level == 4 else "planes")
     assert manifest.source["kind"] == "gguf" and manifest.architecture == arch
-    assert manifest.genai_model_file is None and manifest.draft_head is None
+    assert manifest.genai_model_file == "model.genai.onnx" and manifest.draft_head is None
     # fp32 compute: the GGUF's model within float rounding. int8 activations (accuracy level 4) move
     # this random model's logits (std 2.7) by up to 1.1 and flip 6% of its top-1s: the layout is
     # checked exactly by the synthetic test above, here only that the graph is the same model.
@@ -307,3 +307,110 @@ def test_shallow_faithful_draft_keeps_the_chosen_layers(tmp_path):
     manifest = export(str(path), tmp_path / "shallow", ExportOptions(recipe=RECIPES["gguf"], layers="1"))
     assert (manifest.role, manifest.num_layers, manifest.layers_kept) == ("draft", 1, [1])
     assert manifest.parity["top1_agreement"] == 1.0 and manifest.parity["max_abs_diff"] < 1e-4
+
+
+# --- compact recipes streamed from the GGUF (re-quantized, tensor by tensor) ------------------------
+
+def dequantize4(w) -> np.ndarray:
+    """float64 [N, K] of 4-bit Encoded blocks (no planes, no offsets), by the format's definition."""
+    n, nb = w.scales.shape
+    q = np.stack([w.weight & 0x0F, w.weight >> 4], axis=-1).reshape(n, nb, w.block).astype(np.float64)
+    zeros = np.full((n, nb), 8.0) if w.zero_points is None else \
+        np.stack([w.zero_points & 0x0F, w.zero_points >> 4], axis=-1).reshape(n, -1)[:, :nb]
+    return ((q - zeros[..., None]) * w.scales.astype(np.float64)[..., None]).reshape(n, nb * w.block)
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_requantized_weight_through_matmulnbits_equals_its_own_blocks(symmetric):
+    """requantize: onnxruntime's round-to-nearest 4-bit blocks; the kernels (product and lookup)
+    compute exactly those blocks, each weight within one step of its block's scale of the original,
+    and a block that does not divide K halves until it does (576 = 9 x 64 for block 128)."""
+    from edgespec.export.gguf_transcode import Requant, requantize
+    rng = np.random.default_rng(7)
+    n, k = 40, 576
+    original = (rng.standard_normal((n, k)) * 0.05).astype(np.float32)
+    w = requantize(original, Requant(128, symmetric))
+    assert (w.bits, w.block, w.planes, w.offset) == (4, 64, 1, None)
+    assert (w.zero_points is None) == symmetric
+    ours = dequantize4(w)
+    steps = np.repeat(np.abs(w.scales), 64, axis=1)
+    assert (np.abs(ours - original) <= steps * 1.0001).all()
+    assert np.abs(ours - original).mean() < 0.3 * steps.mean()  # rounded to nearest, not truncated
+    session, rows_name = one_linear(w, accuracy_level=1)
+    x = rng.standard_normal((1, 5, k)).astype(np.float32)
+    ids = rng.integers(0, n, (1, 5))
+    y, rows = session.run(["y", rows_name], {"x": x, "ids": ids})
+    scale = np.abs(x.astype(np.float64)) @ np.abs(ours).T
+    assert (np.abs(y - x.astype(np.float64) @ ours.T) / scale).max() < FP32_ROUNDING
+    np.testing.assert_allclose(rows, ours[ids], rtol=0, atol=1e-6 * np.abs(ours).max())
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_tiny_gguf_int4_streams_from_the_file(tmp_path, symmetric):
+    """An int4 rtn export of a GGUF builds its graph from the file (no fp32 model, no builder), every
+    tensor re-quantized: with fp32 compute it computes, within float rounding, the GGUF's architecture
+    in float64 over those re-quantized weights (the faithful recipe's reference, fed them instead)."""
+    from edgespec.export.gguf_model import GGUFModel
+    from edgespec.export.gguf_reference import Reference
+    from edgespec.export.gguf_transcode import Requant, requantize
+    from edgespec.export.pipeline import ExportOptions, export
+    from edgespec.quant.recipes import Recipe
+    from edgespec.runtime.session import Session
+
+    class Requantized(GGUFModel):
+        def dequantized(self, name, rows=None):
+            w = dequantize4(requantize(super().dequantized(name).astype(np.float32), Requant(128, symmetric)))
+            return w if rows is None else w[rows]
+
+    path = write_tiny_gguf(tmp_path / "tiny-qwen2.gguf", "qwen2")
+    recipe = Recipe("int4", block_size=128, symmetric=symmetric, accuracy_level=1)
+    manifest = export(str(path), tmp_path / "bundle", ExportOptions(recipe=recipe, parity=False))
+    assert manifest.quant["layout"] == f"int4-b128-{'sym' if symmetric else 'asym'}"
+    assert manifest.quant["block_size"] == 128 and manifest.quant["symmetric"] == symmetric
+    assert manifest.genai_model_file == "model.genai.onnx"  # our graph (without tree bias), not the builder's
+    ids = [int(t) for t in np.random.default_rng(1).integers(0, manifest.vocab_size, 16)]
+    ours = Session(tmp_path / "bundle").score(ids)
+    (reference,) = Reference(Requantized(path)).logits([ids])
+    assert np.abs(ours - reference).max() < 1e-4
+    assert (ours.argmax(-1) == reference.argmax(-1)).all()
+
+
+def test_which_recipes_stream_from_the_gguf(tiny_hf, tmp_path):
+    """The faithful recipe and int4 rtn of a GGUF of a supported architecture stream; k_quant, other
+    precisions, Hugging Face folders and architectures the graph builder does not know go through
+    onnxruntime-genai's builder."""
+    from edgespec.export.gguf_export import streams
+    from edgespec.quant.recipes import Recipe
+    path = write_tiny_gguf(tmp_path / "tiny.gguf", "llama")
+    gemma = tmp_path / "gemma.gguf"
+    gemma.write_bytes(path.read_bytes().replace(b"llama", b"gemma"))
+    assert streams(str(path), Recipe("int4")) and streams(str(path), Recipe("gguf"))
+    assert not streams(str(path), Recipe("int4", algo="k_quant"))
+    assert not streams(str(path), Recipe("int8")) and not streams(str(path), Recipe("fp32"))
+    assert not streams(str(tiny_hf), Recipe("int4"))
+    assert not streams(str(gemma), Recipe("int4"))
+
+
+def test_onnxruntime_genai_runs_a_streamed_bundle_greedily_like_the_runtime(tmp_path):
+    """The bench's onnxruntime-genai anchors load the streamed bundle's plain graph (no tree bias,
+    every row's logits) from genai_config.json: its greedy tokens are the runtime's."""
+    og = pytest.importorskip("onnxruntime_genai")
+    from edgespec.export.pipeline import ExportOptions, export
+    from edgespec.quant.recipes import Recipe
+    from edgespec.runtime.api import Generator
+    from edgespec.runtime.session import Session
+    path = write_tiny_gguf(tmp_path / "tiny-qwen2.gguf", "qwen2")
+    export(str(path), tmp_path / "bundle", ExportOptions(recipe=Recipe("int4", block_size=32, accuracy_level=1),
+                                                         parity=False, max_context=64))
+    prompt = [int(t) for t in np.random.default_rng(3).integers(0, 200, 12)]
+    model = og.Model(str(tmp_path / "bundle"))
+    params = og.GeneratorParams(model)
+    params.set_search_options(do_sample=False, max_length=len(prompt) + 10)
+    generator = og.Generator(model, params)
+    generator.append_tokens(prompt)
+    theirs = []
+    while not generator.is_done():
+        generator.generate_next_token()
+        theirs.append(int(generator.get_next_tokens()[0]))
+    ours = Generator(Session(tmp_path / "bundle")).generate(prompt, max_tokens=10)
+    assert len(theirs) == 10 and ours.token_ids == theirs

@@ -1,8 +1,11 @@
-"""GGUF -> bundle that computes what the GGUF computes (`--quant gguf`).
+"""GGUF -> bundle, streamed from the memory-mapped file one tensor at a time.
 
-The GGUF's quant blocks are transcoded into MatMulNBits weights (gguf_transcode.py),
-not re-quantized, and the graph is built from the file (gguf_decoder.py): no fp32
-model on disk or in memory, no onnxruntime-genai builder. The tokenizer comes from
+Two kinds of recipe take this path. The faithful one (`--quant gguf`) transcodes the
+GGUF's quant blocks into MatMulNBits weights (gguf_transcode.py), not re-quantized: the
+bundle computes what the GGUF computes. The compact int4 ones (round to nearest)
+re-quantize each dequantized tensor with onnxruntime's quantizer. Either way the graph
+is built from the file (gguf_decoder.py): no fp32 model on disk or in memory, no
+onnxruntime-genai builder (which needs one: minutes and ~20 GB for the 1.5B). The tokenizer comes from
 the GGUF's metadata through transformers. The parity check runs the same
 architecture in float64 from the GGUF's blocks (gguf_reference.py).
 
@@ -23,9 +26,10 @@ from .. import __version__
 from ..quant.quality import bundle_bytes
 from . import files, presets, sources
 from .draft_vocab import default_size, write_draft_head
-from .errors import InputError
-from .gguf_decoder import build_decoder
+from .errors import InputError, SourceError
+from .gguf_decoder import GENAI_MODEL, build_decoder
 from .gguf_model import GGUFModel
+from .gguf_transcode import Requant
 from .manifest import Manifest
 from .pipeline import context_rows, publish
 from .parity import PARITY_PROMPTS, bundle_logits, compare
@@ -35,12 +39,39 @@ MODEL_FILE = "model.onnx"
 REFERENCE = "float64 dequantization of the GGUF's blocks, same architecture (numpy)"
 
 
-def export_faithful(source: str, out: Path, work: Path, options) -> Manifest:
-    """Export SOURCE (a .gguf file or preset) into `out` with the faithful recipe; `work` is the
-    export's claimed work folder (removed here). options: pipeline.ExportOptions."""
+def streams(source: str, recipe) -> bool:
+    """Whether SOURCE exports by this path: the faithful recipe always (it refuses what it cannot
+    read); a compact int4 one (round to nearest) when SOURCE is a GGUF whose architecture and
+    block types the graph builder reads. Others go through onnxruntime-genai's builder."""
+    if recipe.precision == "gguf":
+        return True
+    if recipe.precision != "int4" or recipe.algo != "rtn":
+        return False
+    path = Path(source).expanduser()
+    if path.is_file() and path.suffix.lower() == ".gguf":
+        sources.check_magic(path)
+    elif source in presets.names() and not path.exists():
+        path = sources.gguf_file(source)[0]  # assembled once, kept in the cache
+    else:
+        return False
+    try:
+        GGUFModel(path)
+    except SourceError:
+        return False
+    return True
+
+
+def requant_for(recipe) -> Requant | None:
+    """The compact encoding of an int4 recipe; None for the faithful one (the GGUF's own blocks)."""
+    return None if recipe.precision == "gguf" else Requant(recipe.block_size, recipe.symmetric)
+
+
+def export_gguf(source: str, out: Path, work: Path, options) -> Manifest:
+    """Export SOURCE (a .gguf file or preset) into `out` with options.recipe (faithful, or compact
+    int4); `work` is the export's claimed work folder (removed here). options: pipeline.ExportOptions."""
     from .layers import parse_layers
     recipe = options.recipe
-    stages = ["read GGUF", "transcode", "tokenizer", "parity", "finish"]
+    stages = ["read GGUF", "build graph", "tokenizer", "parity", "finish"]
     bar = tqdm(total=len(stages), desc="export", unit="stage", file=sys.stderr, leave=True)
     started = time.time()
     try:
@@ -56,7 +87,8 @@ def export_faithful(source: str, out: Path, work: Path, options) -> Manifest:
         bar.set_postfix_str(stages[1])
         bundle = work / "bundle"
         bundle.mkdir()
-        summary = build_decoder(model, bundle / MODEL_FILE, recipe.accuracy_level, max_context, kept)
+        summary = build_decoder(model, bundle / MODEL_FILE, recipe.accuracy_level, max_context, kept,
+                                requant_for(recipe))
         bar.update()
         bar.set_postfix_str(stages[2])
         sources.save_tokenizer(path, info, bundle)
@@ -76,6 +108,8 @@ def export_faithful(source: str, out: Path, work: Path, options) -> Manifest:
             edgespec_version=__version__, eos_token_ids=stop_token_ids(bundle, tok), bos_token_id=tok.bos_token_id,
         )
         manifest.inputs["num_logits"] = "num_logits"
+        manifest.genai_model_file = GENAI_MODEL
+        _write_genai_config(bundle, manifest)
         manifest.layers_kept = kept
         manifest.draft_head = _draft_head(bundle, manifest, options.draft_vocab, summary.head_has_offsets)
         bar.update()
@@ -119,6 +153,34 @@ def parity(model: GGUFModel, bundle: Path, manifest: Manifest, tok, layers, thre
     report["prompt_texts"] = list(PARITY_PROMPTS)
     report["reference"] = REFERENCE
     return report
+
+
+def _write_genai_config(bundle: Path, m: Manifest) -> None:
+    """onnxruntime-genai's config for the plain graph (gguf_decoder.genai_graph), so that bench's
+    onnxruntime-genai anchors run this bundle's weights. Its rotary cache ends at max_context."""
+    config = {
+        "model": {
+            "type": m.architecture, "vocab_size": m.vocab_size, "context_length": m.max_context,
+            "bos_token_id": m.bos_token_id if m.bos_token_id is not None else m.eos_token_ids[0],
+            "eos_token_id": m.eos_token_ids if len(m.eos_token_ids) > 1 else m.eos_token_ids[0],
+            "pad_token_id": m.eos_token_ids[0],
+            "decoder": {
+                "filename": GENAI_MODEL, "session_options": {"log_id": "onnxruntime-genai", "provider_options": []},
+                "head_size": m.head_dim, "hidden_size": m.hidden_size, "num_attention_heads": m.num_heads,
+                "num_hidden_layers": m.num_layers, "num_key_value_heads": m.num_kv_heads,
+                "inputs": {"input_ids": m.inputs["input_ids"], "attention_mask": m.inputs["attention_mask"],
+                           "position_ids": m.inputs["position_ids"], "past_key_names": m.inputs["past_key"],
+                           "past_value_names": m.inputs["past_value"]},
+                "outputs": {"logits": m.outputs["logits"], "present_key_names": m.outputs["present_key"],
+                            "present_value_names": m.outputs["present_value"]},
+            },
+        },
+        "search": {"do_sample": False, "max_length": m.max_context, "min_length": 0, "num_beams": 1,
+                   "num_return_sequences": 1, "past_present_share_buffer": True, "repetition_penalty": 1.0,
+                   "temperature": 1.0, "top_k": 50, "top_p": 1.0, "early_stopping": True,
+                   "length_penalty": 1.0, "diversity_penalty": 0.0, "no_repeat_ngram_size": 0},
+    }
+    files.atomic_write_text(bundle / "genai_config.json", json.dumps(config, indent=4) + "\n")
 
 
 def _write_generation_config(bundle: Path, cfg) -> None:
