@@ -17,8 +17,9 @@ def preset_bundle_dir(name: str, recipe: Recipe) -> Path:
     return cache_root() / "bundles" / f"{name}-{recipe.precision}"
 
 
-def bundle_path(ref: str | Path, recipe: Recipe | None = None) -> Path:
-    """A bundle folder as given, or the cached bundle of a preset (exported if missing)."""
+def bundle_path(ref: str | Path, recipe: Recipe | None = None, isolated: bool = True) -> Path:
+    """A bundle folder as given, or the cached bundle of a preset (exported if missing: in a
+    child process unless not `isolated`, see prepare.py)."""
     from . import presets
     path = Path(ref)
     if path.is_dir():
@@ -46,6 +47,12 @@ def bundle_path(ref: str | Path, recipe: Recipe | None = None) -> Path:
         if out.is_dir() and not out.is_symlink():
             shutil.rmtree(out)
         print(f"preparing {preset.name} ({recipe.precision}) in {out} (first use)", file=sys.stderr)
-    from .pipeline import ExportOptions, export
-    export(preset.name, out, ExportOptions(recipe=recipe, role=preset.role, force=True))
+    from .extras import require_export
+    require_export()  # in this process: the message names the extra to install, before any work
+    if isolated:
+        from .prepare import prepare
+        prepare(preset.name, out, recipe, preset.role)
+    else:
+        from .pipeline import ExportOptions, export
+        export(preset.name, out, ExportOptions(recipe=recipe, role=preset.role, force=True))
     return out

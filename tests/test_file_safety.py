@@ -19,7 +19,7 @@ import psutil
 import pytest
 from click.testing import CliRunner
 
-from edgespec.export import bundles, cache, files, pipeline, presets
+from edgespec.export import bundles, cache, files, gguf_export, pipeline, presets
 from edgespec.export.errors import EdgespecError
 from edgespec.export.manifest import MANIFEST_NAME, read_manifest
 from edgespec.quant.recipes import Recipe
@@ -152,9 +152,10 @@ def test_interrupted_repreparation_keeps_the_old_bundle(cached_preset_bundle, ti
     old[MANIFEST_NAME] = (out / MANIFEST_NAME).read_bytes()
     real_resolve = pipeline.sources.resolve
     monkeypatch.setattr(pipeline.sources, "resolve", lambda source: real_resolve(str(tiny_hf)))
-    monkeypatch.setattr(pipeline, "build_graph", _interrupt)  # Ctrl-C while building
+    monkeypatch.setattr(pipeline, "build_graph", _interrupt)  # Ctrl-C while building (builder path)
+    monkeypatch.setattr(gguf_export, "build_decoder", _interrupt)  # (or while streaming from the GGUF)
     with pytest.raises(KeyboardInterrupt):
-        bundles.bundle_path("smollm2-135m")
+        bundles.bundle_path("smollm2-135m", isolated=False)
     assert read_manifest(out).quant == Recipe("int4", block_size=64).to_dict()
     assert {p.name: p.read_bytes() for p in out.iterdir()} == old
     assert hidden_siblings(out) == []
@@ -166,7 +167,7 @@ def test_killed_replacement_is_undone_on_next_use(cached_preset_bundle, monkeypa
     aside = out.with_name(f".{out.name}.old-{dead_pid()}")
     os.rename(out, aside)
     monkeypatch.setattr(pipeline, "export", _must_not_run)  # no re-export: the bundle is there
-    assert bundles.bundle_path("smollm2-135m") == out
+    assert bundles.bundle_path("smollm2-135m", isolated=False) == out
     assert read_manifest(out).quant == presets.get("smollm2-135m").recipe().to_dict()
     assert hidden_siblings(out) == []
 
@@ -181,7 +182,7 @@ def test_damaged_cached_bundle_is_prepared_again(cached_preset_bundle, monkeypat
     data.write_bytes(bytes(raw))
     calls = []
     monkeypatch.setattr(pipeline, "export", lambda source, dest, options: calls.append((source, dest, options)))
-    assert bundles.bundle_path("smollm2-135m") == out
+    assert bundles.bundle_path("smollm2-135m", isolated=False) == out
     assert [(s, d, o.force) for s, d, o in calls] == [("smollm2-135m", out, True)]
     err = capsys.readouterr().err
     assert f"re-preparing smollm2-135m: {data} does not match the sha256 recorded at export" in err

@@ -214,3 +214,17 @@ def test_export_of_a_preset_defaults_to_its_recipe(tmp_path, monkeypatch):
     (tmp_path / "qwen2.5-coder-1.5b").mkdir()
     monkeypatch.chdir(tmp_path)
     assert _preset("qwen2.5-coder-1.5b") is None
+
+
+def test_first_use_prepares_in_a_child_process_and_reports_its_failure(tmp_path, capfd):
+    """A preset is prepared by a child process (its memory and peak stay out of the run's); when
+    the child fails, its one-line error shows and the caller gets one naming the preset."""
+    from edgespec.export.errors import EdgespecError
+    from edgespec.export.prepare import prepare
+    from edgespec.quant.recipes import Recipe
+    with pytest.raises(EdgespecError) as e:
+        prepare("no-such-preset", tmp_path / "out", Recipe(), "target")
+    assert str(e.value) == "preparing no-such-preset failed (exit status 1; its message is above)"
+    err = capfd.readouterr().err
+    assert "Error: SOURCE 'no-such-preset' not found: not a folder, a .gguf file, or a preset" in err
+    assert "Traceback" not in err and not (tmp_path / "out").exists()
