@@ -384,8 +384,11 @@ def _first_load(target_path: Path, threads: int):
                                 providers=["CPUExecutionProvider"])
 
 
-def _runners(modes, target_path: Path, draft_path: Path | None, threads: int, shared_pool: bool = False):
-    """mode -> zero-argument factory of its runner; sessions are loaded once and shared."""
+def _runners(modes, target_path: Path, draft_path: Path | None, threads: int, shared_pool: bool = False,
+             genai_path: Path | None = None):
+    """mode -> zero-argument factory of its runner; sessions are loaded once and shared.
+    genai_path: the bundle the onnxruntime-genai anchors run (default: the target)."""
+    genai_path = genai_path or target_path
     from ..runtime.session import Session, SessionOptions
     loaded: dict[str, object] = {}
 
@@ -407,7 +410,7 @@ def _runners(modes, target_path: Path, draft_path: Path | None, threads: int, sh
     def genai(draft: bool):
         key = "genai-draft" if draft else "genai"  # genai and genai-ngram share one model
         if key not in loaded:
-            loaded[key] = genai_model(target_path, threads, draft_path if draft else None)
+            loaded[key] = genai_model(genai_path, threads, draft_path if draft else None)
         return loaded[key]
 
     def edgespec(tree: bool, drafter: str | None, draft: bool):
@@ -439,10 +442,13 @@ def _runners(modes, target_path: Path, draft_path: Path | None, threads: int, sh
 
 def run_suite(target: str | Path, draft: str | Path | None = None, modes: Sequence[str] = DEFAULT_MODES,
               prompts: Sequence[dict] | str | Path | None = None, max_tokens: int = 200, repeats: int = 2,
-              warmup: int = 1, threads: int = 2, progress: bool = True, shared_pool: bool = False) -> dict:
+              warmup: int = 1, threads: int = 2, progress: bool = True, shared_pool: bool = False,
+              genai_target: str | Path | None = None) -> dict:
     """Run every prompt through every mode; return the JSON-ready results (see module doc).
 
     shared_pool: edgespec sessions on ONNX Runtime's process-wide pool, as `edgespec run` uses it.
+    genai_target: a bundle of the same tokenizer whose graph the onnxruntime-genai anchors run
+    instead of the target's (e.g. the recipe its own builder makes by default: int4 rtn block 32).
     """
     from ..export.bundles import bundle_path
     modes = list(dict.fromkeys(modes))
@@ -465,11 +471,15 @@ def run_suite(target: str | Path, draft: str | Path | None = None, modes: Sequen
         raise InputError("no prompts to run")
     target_path = bundle_path(target)
     draft_path = bundle_path(draft) if draft not in (None, "none") else None
+    genai_path = bundle_path(genai_target) if genai_target else target_path
+    if read_manifest(genai_path).tokenizer_sha256 != read_manifest(target_path).tokenizer_sha256:
+        raise InputError(f"--genai-target {genai_path.name} has another tokenizer than {target_path.name}; "
+                         "the anchors must read the same token ids")
 
     unsupported: dict[str, str] = {}
     for m in modes:
         if m in GENAI_MODES:
-            reason = _genai_missing(target_path) or (_genai_missing(draft_path) if m == "genai-spec" else None)
+            reason = _genai_missing(genai_path) or (_genai_missing(draft_path) if m == "genai-spec" else None)
             if reason:
                 unsupported[m] = reason
     encode = _encoder(target_path)
@@ -478,7 +488,7 @@ def run_suite(target: str | Path, draft: str | Path | None = None, modes: Sequen
     _check_context(prompts, encoded, max_tokens, target_path)
     ballast = _first_load(target_path, threads)  # noqa: F841  (kept alive until the suite ends)
     factories, target_session, prefix_reuse = _runners([m for m in modes if m not in unsupported], target_path,
-                                                       draft_path, threads, shared_pool)
+                                                       draft_path, threads, shared_pool, genai_path)
     runners: dict[str, object] = {}
     for m, make in factories.items():
         try:
@@ -528,7 +538,8 @@ def run_suite(target: str | Path, draft: str | Path | None = None, modes: Sequen
         bar.close()
 
     return {
-        "meta": _meta(target_path, draft_path, modes, threads, max_tokens, repeats, warmup),
+        "meta": {**_meta(target_path, draft_path, modes, threads, max_tokens, repeats, warmup),
+                 "genai_target": str(genai_path)},
         "unsupported": unsupported,
         "prompts": rows,
         "categories": _categories(rows, [m for m in modes if m in runners]),

@@ -30,6 +30,8 @@ def _refuse_existing(path: Path | None, force: bool) -> None:
 @cli.command("bench")
 @click.option("--target", default=DEFAULT_TARGET, show_default=True, help="bundle folder or preset")
 @click.option("--draft", default=DEFAULT_DRAFT, show_default=True, help="bundle, preset, or 'none'")
+@click.option("--genai-target", default=None, help="bundle (same tokenizer) whose graph the onnxruntime-genai "
+              "anchors run [default: the target's]; e.g. its builder's default recipe, int4 rtn block 32")
 @click.option("--modes", default=None, help="comma-separated; default: " + ",".join(DEFAULT_MODES)
               + "; also " + ",".join(m for m in MODES if m not in DEFAULT_MODES))
 @click.option("--categories", default=None,
@@ -50,7 +52,7 @@ def _refuse_existing(path: Path | None, force: bool) -> None:
               help="write a PNG here")
 @click.option("--force", is_flag=True, help="overwrite existing --json / --plot files")
 @click.option("--quick", is_flag=True, help="1 prompt per category, 1 repeat, no warm-up")
-def bench_command(target, draft, modes, categories, prompts_file, max_tokens, repeats, warmup, threads,
+def bench_command(target, draft, genai_target, modes, categories, prompts_file, max_tokens, repeats, warmup, threads,
                   json_out, plot_out, force, quick):
     """Benchmark decoding modes on a prompt suite against onnxruntime-genai."""
     from .bench import DEFAULT_MODES, NEEDS_DRAFT, load_suite, run_suite
@@ -62,7 +64,7 @@ def bench_command(target, draft, modes, categories, prompts_file, max_tokens, re
     if quick:
         repeats, warmup = 1, 0
     prompts = load_suite(prompts_file, _csv(categories) or None, per_category=1 if quick else None)
-    result = run_suite(target, draft, modes=mode_list, prompts=prompts, max_tokens=max_tokens,
+    result = run_suite(target, draft, genai_target=genai_target, modes=mode_list, prompts=prompts, max_tokens=max_tokens,
                        repeats=repeats, warmup=warmup, threads=threads, shared_pool=cli_module.PROCESS_OWNED)
     print_table(result)
     if json_out is not None:
@@ -94,7 +96,9 @@ def print_table(result: dict) -> None:
     from rich.console import Console
     from rich.table import Table
     meta = result["meta"]
-    table = Table(title=f"{Path(meta['target']).name} vs {meta['anchor']}: {meta['threads']} threads, "
+    anchor = meta["anchor"] + ("" if meta.get("genai_target", meta["target"]) == meta["target"]
+                               else f" on {Path(meta['genai_target']).name}")
+    table = Table(title=f"{Path(meta['target']).name} vs {anchor}: {meta['threads']} threads, "
                         f"{meta['max_tokens']} new tokens, median of {meta['repeats']}")
     for name, justify in [("category", "left"), ("mode", "left"), ("decode tok/s", "right"),
                           (f"x {meta['anchor']}", "right"), ("x plain (worst)", "right"), ("prefill tok/s", "right"),

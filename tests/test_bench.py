@@ -165,6 +165,33 @@ def test_divergences_are_scored_on_a_fresh_target_sequence(bench_bundles):
     np.testing.assert_allclose(got, Session(bench_bundles[0]).forward(ids)[-1], atol=1e-4)
 
 
+def test_genai_anchors_can_run_another_bundle_of_the_same_tokenizer(bench_bundles, tmp_path):
+    """--genai-target: the anchors run that bundle's graph (here the draft model's: genai's tokens
+    are the draft's own greedy ones, not the target's); another tokenizer is refused by name."""
+    import shutil
+    from edgespec.apps.bench import run_suite
+    from edgespec.export.errors import InputError
+    from edgespec.export.manifest import read_manifest
+    target, other = bench_bundles
+    result = run_suite(target, None, modes=["plain", "genai"], prompts=PROMPTS[:1], max_tokens=12, repeats=1,
+                       warmup=0, threads=1, progress=False, genai_target=other)
+    alone = run_suite(other, None, modes=["plain"], prompts=PROMPTS[:1], max_tokens=12, repeats=1, warmup=0,
+                      threads=1, progress=False)
+    assert result["meta"]["genai_target"] == str(other)
+    modes = result["prompts"][0]["modes"]
+    assert modes["genai"]["token_ids"] == alone["prompts"][0]["modes"]["plain"]["token_ids"]
+    assert modes["genai"]["token_ids"] != modes["plain"]["token_ids"]
+    foreign = tmp_path / "foreign"
+    shutil.copytree(other, foreign)
+    manifest = read_manifest(foreign)
+    manifest.tokenizer_sha256 = "0" * 64  # as a bundle of another tokenizer records it
+    manifest.write(foreign)
+    with pytest.raises(InputError) as e:
+        run_suite(target, None, modes=["plain", "genai"], prompts=PROMPTS[:1], progress=False, genai_target=foreign)
+    assert str(e.value) == (f"--genai-target foreign has another tokenizer than {target.name}; "
+                            "the anchors must read the same token ids")
+
+
 def test_draft_modes_without_a_draft_are_refused(bench_bundles):
     from edgespec.apps.bench import run_suite
     from edgespec.export.errors import EdgespecError
