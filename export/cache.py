@@ -62,7 +62,7 @@ def remove_stale_work() -> None:
 
 # Top-level folders and what each holds (what prune removes: `entries`).
 KINDS = {
-    "gguf": "assembled GGUFs of presets (the source of truth for their bundles)",
+    "gguf": "assembled GGUFs of presets (the source of their bundles; prunable while the packages are installed)",
     "hf": "Hugging Face folders dequantized from GGUFs (export input, rebuilt on demand)",
     "bundles": "prepared preset bundles",
     "verified": "integrity stamps of verified bundle files",
@@ -97,6 +97,8 @@ def entries() -> list[Entry]:
                 why = None if owner_alive(item, int(work["pid"])) else "left by a killed export"
             elif folder.name == "hf":
                 why = "dequantized source, rebuilt on demand"
+            elif folder.name == "gguf" and _parts_installed(item.name):
+                why = "assembled again from the installed packages on demand"
             elif folder.name == "prompts":
                 why = "a prompt's KV, rebuilt by prefilling"
             elif folder.name == "bundles" and item.name not in current:
@@ -115,6 +117,18 @@ def prune(dry_run: bool = False) -> list[Entry]:
         for e in gone:
             _remove(e.path)
     return gone
+
+
+def _parts_installed(name: str) -> bool:
+    """Whether the GGUF file `name` (or its .sha256) is a preset's whose parts are all installed."""
+    from . import presets
+    for preset in map(presets.get, presets.names()):
+        if name in (preset.gguf_name, preset.gguf_name + ".sha256"):
+            try:
+                return all(part.locate().is_file() for part in preset.parts)
+            except ModuleNotFoundError:
+                return False
+    return False
 
 
 def _stamped_bundle_exists(stamp: Path) -> bool:

@@ -69,3 +69,24 @@ def test_prune_dry_run_removes_nothing(tmp_path, monkeypatch):
     assert r.exit_code == 0, r.output
     assert "would remove 1 items" in r.output
     assert dequantized.exists()
+
+
+def test_an_assembled_gguf_is_prunable_only_while_its_packages_are_installed(tmp_path, monkeypatch):
+    """The GGUF a preset was assembled into can be assembled again from its installed parts; a GGUF
+    no installed preset can rebuild (here any other file) stays."""
+    import pytest
+    preset = presets.get("smollm2-135m")
+    try:
+        installed = all(p.locate().is_file() for p in preset.parts)
+    except ModuleNotFoundError:
+        installed = False
+    if not installed:
+        pytest.skip(preset.install)
+    monkeypatch.setenv("EDGESPEC_CACHE", str(tmp_path / "cache"))
+    assembled = cache.gguf_dir() / preset.gguf_name
+    assembled.write_bytes(b"g" * 100)
+    other = cache.gguf_dir() / "someone-elses.gguf"
+    other.write_bytes(b"g" * 100)
+    whys = {e.path.name: e.why for e in cache.entries()}
+    assert whys == {preset.gguf_name: "assembled again from the installed packages on demand",
+                    "someone-elses.gguf": None}
