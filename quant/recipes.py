@@ -8,14 +8,14 @@ from dataclasses import dataclass
 from ..export.errors import InputError
 
 PRECISIONS = ("int4", "int8", "fp16", "fp32", "gguf")
-# "gguf": the GGUF's own blocks transcoded into MatMulNBits weights, not re-quantized (export/faithful.py);
+# "gguf": the GGUF's own blocks transcoded into MatMulNBits weights, not re-quantized (export/gguf_export.py);
 # a GGUF source only. Its accuracy_level is the compute type: 1 (fp32) computes the GGUF's model within
 # float rounding (top-1 100% vs the float64 source on the quality text, SmolLM2 and the 0.5B Qwen);
 # 4 (int8 activations) is ~2x faster per token and no longer exact (top-1 98.5% on the 0.5B, 93% SmolLM2).
-# How block scales are fitted. rtn: round to nearest on the block's absmax (the builder's default).
-# k_quant: searches each block's scale and zero point for the least squared error (slower to
-# export: 6.5 min single-threaded for the 1.5B against 70 s); it is what makes 128-weight blocks
-# nearly as faithful as rtn's 32-weight ones, and those run multi-token passes 1.4x faster (README).
+# How block scales are fitted. rtn: round to nearest (onnxruntime's quantizer; symmetric, or with a
+# zero point per block); from a GGUF it streams tensor by tensor (export/gguf_export.py, 1:20 for the
+# 1.5B). k_quant: searches each block's scale and zero point for the least squared error, through
+# onnxruntime-genai's builder, which needs the fp32 model (6.5 min of fitting for the 1.5B, ~20 GB).
 ALGOS = ("rtn", "k_quant")
 
 
@@ -82,8 +82,8 @@ RECIPES = {
     "int8": Recipe("int8"),
     "fp16": Recipe("fp16"),
     "fp32": Recipe("fp32"),
-    # 128-weight blocks fitted by k_quant: the 1.5B coder's single-token steps 8% and 4-token passes
-    # 29% cheaper than int4's on a 2-core AVX-512 CPU, at 0.4% more perplexity (README, "Recipes")
+    # 128-weight blocks with a zero point per block: the 1.5B preset's recipe (README, "Recipes")
+    "int4-b128": Recipe("int4", block_size=128, symmetric=False),
     "int4-k128": Recipe("int4", block_size=128, algo="k_quant"),
     # the GGUF's blocks as they are, fp32 compute: logits of the GGUF's model within float rounding
     "gguf": Recipe("gguf", accuracy_level=1),
