@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 
 import click
 
@@ -77,22 +78,33 @@ def load_generator(target, draft, drafter, tree, budget, threads, provider, huge
 @sampling_options
 @click.option("--raw", is_flag=True, help="feed the prompt as is, without the chat template")
 @click.option("--stop", multiple=True, callback=not_empty("stop string"), help="stop string (repeatable)")
+@click.option("--suffix", default=None,
+              help="fill in the middle: PROMPT is the code before the gap, SUFFIX the code after it "
+                   "(fed raw in the bundle's FIM format; prints the middle)")
 @prompt_cache_option
 def run_command(prompt, target, draft, drafter, tree, budget, threads, provider,
-                max_tokens, temperature, top_p, top_k, seed, raw, stop, prompt_cache):
+                max_tokens, temperature, top_p, top_k, seed, raw, stop, suffix, prompt_cache):
     """Generate a reply to PROMPT, streamed."""
     check_sampling(temperature, top_p, top_k, seed)
     gen = load_generator(target, draft, drafter, tree, budget, threads, provider)
     use_prompt_cache(gen, prompt_cache)
-    request = prompt if raw else [{"role": "user", "content": prompt}]
     from ..runtime.api import Stats
     stats = Stats()
-    for chunk in gen.stream(request, max_tokens=max_tokens, temperature=temperature, top_p=top_p,
-                            top_k=top_k, seed=seed, stop=list(stop), stats=stats):
+    sampling = dict(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed,
+                    stop=list(stop), stats=stats)
+    started, first = time.perf_counter(), None
+    if suffix is not None:
+        chunks = gen.stream_fim(prompt, suffix, **sampling)
+    else:
+        chunks = gen.stream(prompt if raw else [{"role": "user", "content": prompt}], **sampling)
+    for chunk in chunks:
+        first = first or time.perf_counter()
         sys.stdout.write(chunk.text)
         sys.stdout.flush()
     sys.stdout.write("\n")
-    click.echo(stats.summary(), err=True)
+    total = time.perf_counter() - started
+    to_first = first - started if first else total
+    click.echo(f"{stats.summary()} | first token {to_first:.2f}s, total {total:.2f}s", err=True)
     click.echo(memory_summary(gen), err=True)
 
 

@@ -25,7 +25,7 @@ def _model_name(target: str) -> str:
 @click.option("--host", default="127.0.0.1", show_default=True, help="address to bind")
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
 @click.option("--api-key", default=lambda: os.environ.get("EDGESPEC_API_KEY"),
-              help="require 'Authorization: Bearer KEY' on /v1/ routes [default: $EDGESPEC_API_KEY]")
+              help="require 'Authorization: Bearer KEY' on /v1/ routes and /infill [default: $EDGESPEC_API_KEY]")
 @click.option("--model-name", default=None, help="model id clients send [default: the target's name]")
 @click.option("--queue-size", type=click.IntRange(0), default=4, show_default=True,
               help="requests that may wait while one runs; more get 429")
@@ -38,7 +38,8 @@ def _model_name(target: str) -> str:
               default="info", show_default=True)
 def serve_command(target, draft, drafter, tree, budget, threads, provider, host, port, api_key, model_name,
                   queue_size, max_body, prefix_cache_mb, log_level):
-    """Serve a model over an OpenAI-compatible HTTP API (/v1/chat/completions, /v1/completions)."""
+    """Serve a model over an OpenAI-compatible HTTP API (/v1/chat/completions, /v1/completions)
+    and llama.cpp's fill-in-the-middle /infill."""
     import uvicorn
 
     from ..runtime.prefix_cache import PrefixCache

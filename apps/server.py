@@ -1,4 +1,5 @@
-"""An OpenAI-compatible HTTP API over Generators (FastAPI): `create_app(models) -> app`.
+"""An OpenAI-compatible HTTP API over Generators (FastAPI), with llama.cpp's fill-in-the-middle
+/infill: `create_app(models) -> app`.
 
 Each model has one worker thread: requests run one at a time in arrival order, a bounded
 number wait (more get 429 with Retry-After), and a request whose client goes away is
@@ -29,6 +30,7 @@ from starlette.exceptions import HTTPException
 
 from ..export.errors import EdgespecError, InputError
 from ..runtime.api import Chunk, Generator, Stats, content_text
+from ..runtime.fim import Infill
 
 MAX_BODY = 1 << 20  # bytes
 
@@ -100,7 +102,8 @@ class BodyLimit:
 
 
 class ApiKey:
-    """ASGI middleware: /v1/ routes need `Authorization: Bearer KEY` (constant-time compare)."""
+    """ASGI middleware: the routes that generate (/v1/..., /infill) need `Authorization: Bearer KEY`
+    (constant-time compare); /health and /stats stay open for probes."""
 
     def __init__(self, app, key: str):
         if not key:
@@ -108,7 +111,7 @@ class ApiKey:
         self.app, self.key = app, key.encode()
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] == "http" and scope["path"].startswith("/v1/"):
+        if scope["type"] == "http" and (scope["path"].startswith("/v1/") or scope["path"] == "/infill"):
             scheme, _, token = dict(scope["headers"]).get(b"authorization", b"").partition(b" ")
             if scheme.lower() != b"bearer" or not hmac.compare_digest(token.strip(), self.key):
                 error = APIError(401, "missing or wrong API key (send Authorization: Bearer KEY)",
@@ -185,15 +188,59 @@ class CompletionRequest(_Request):
     suffix: str | None = None
     best_of: int | None = None
 
-    def text(self) -> str:
-        for name, bad in [("echo", self.echo), ("suffix", self.suffix), ("best_of", self.best_of not in (None, 1))]:
+    def text(self) -> str | Infill:
+        """The prompt, or with a (non-empty) suffix a fill-in-the-middle request."""
+        for name, bad in [("echo", self.echo), ("best_of", self.best_of not in (None, 1))]:
             if bad:
                 raise APIError(400, f"{name} is not supported by edgespec", param=name)
         if isinstance(self.prompt, list):
             if len(self.prompt) != 1:
                 raise APIError(400, f"give one prompt (got {len(self.prompt)})", param="prompt")
-            return self.prompt[0]
-        return self.prompt
+            prompt = self.prompt[0]
+        else:
+            prompt = self.prompt
+        return Infill(prompt, self.suffix) if self.suffix else prompt
+
+
+class _ExtraFile(BaseModel):
+    filename: str = "tmp"  # llama.cpp's default
+    text: str
+
+
+class InfillRequest(BaseModel):
+    """llama.cpp's /infill body, with its sampling defaults. Its tuning fields for its own
+    server (cache_prompt, samplers, n_indent, t_max_predict_ms...) are accepted and unused."""
+    model_config = ConfigDict(extra="allow")
+    model: str | None = None  # needed only when the server has several models
+    input_prefix: str = ""
+    input_suffix: str = ""
+    input_extra: list[_ExtraFile] = Field(default_factory=list)
+    prompt: str = ""  # appended to the prefix, as llama.cpp does
+    n_predict: int = Field(-1, ge=-1)  # -1: until an end token or the context is full
+    max_tokens: int | None = Field(None, ge=1)
+    temperature: float = Field(0.8, ge=0.0, le=2.0)
+    top_p: float = Field(0.95, gt=0.0, le=1.0)
+    top_k: int = Field(40, ge=0)
+    seed: int = -1  # -1: random
+    stop: str | list[str] = Field(default_factory=list)
+    stream: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _nulls_are_defaults(cls, data):
+        return {k: v for k, v in data.items() if v is not None} if isinstance(data, dict) else data
+
+    def check_supported(self) -> None:
+        if self.n_predict == 0:
+            raise APIError(400, "n_predict=0 would generate nothing; give -1 (no limit) or a count >= 1",
+                           param="n_predict")
+        stops = [self.stop] if isinstance(self.stop, str) else self.stop
+        if not all(stops):
+            raise APIError(400, f"stop strings must be non-empty (got {self.stop!r})", param="stop")
+
+    def infill(self) -> Infill:
+        return Infill(self.input_prefix + self.prompt, self.input_suffix,
+                      [(f.filename, f.text) for f in self.input_extra])
 
 
 async def _parse(request: Request, cls):
@@ -283,7 +330,8 @@ class ModelWorker:
         def work() -> bool:  # on the model's thread; True when stopped early
             error, stopped = None, False
             try:
-                steps = self.gen.stream(prompt, stats=stats, **params)
+                steps = (self.gen.stream_fim(*prompt, stats=stats, **params) if isinstance(prompt, Infill)
+                         else self.gen.stream(prompt, stats=stats, **params))
                 try:
                     for chunk in steps:
                         if stop.is_set():
@@ -389,21 +437,51 @@ def create_app(models: dict[str, Generator], *, api_key: str | None = None, queu
         body = await _parse(request, CompletionRequest)
         return await _complete(request, body, body.text(), body.max_tokens, chat=False)
 
-    async def _complete(request: Request, body: _Request, prompt, max_tokens: int | None, chat: bool):
-        worker = workers.get(body.model)
-        if worker is None:
-            raise APIError(404, f"model {body.model!r} does not exist; this server has {sorted(workers)}",
-                           param="model", code="model_not_found")
-        params = dict(max_tokens=max_tokens or worker.gen.target.max_len, temperature=body.temperature,
-                      top_p=body.top_p, top_k=body.top_k, seed=body.seed, stop=body.stop)
-        worker.admit()
+    @app.post("/infill")
+    async def infill(request: Request):
+        """llama.cpp's fill-in-the-middle endpoint, which editor plugins (llama.vim, llama.vscode) speak."""
+        body = await _parse(request, InfillRequest)
+        if body.model is None and len(workers) > 1:
+            raise APIError(400, f"this server has several models ({sorted(workers)}): name one in 'model'",
+                           param="model")
+        name = body.model or next(iter(workers))
+        worker = _worker(name)
+        max_tokens = body.max_tokens or (body.n_predict if body.n_predict > 0 else worker.gen.target.max_len)
+        params = dict(max_tokens=max_tokens, temperature=body.temperature, top_p=body.top_p, top_k=body.top_k,
+                      seed=body.seed if body.seed >= 0 else None, stop=body.stop or None)
         stats = Stats()
+        chunks, first = await _start(request, worker, body.infill(), params, stats)
+        if body.stream:
+            return _SSE(_infill_events(chunks, first, stats, name))
+        text = await _gather(request, chunks, first)
+        if text is None:
+            return JSONResponse({}, status_code=499)
+        return JSONResponse({"content": text, **_infill_summary(stats, name)})
+
+    def _worker(name: str) -> ModelWorker:
+        worker = workers.get(name)
+        if worker is None:
+            raise APIError(404, f"model {name!r} does not exist; this server has {sorted(workers)}",
+                           param="model", code="model_not_found")
+        return worker
+
+    async def _start(request: Request, worker: ModelWorker, prompt, params: dict, stats: Stats):
+        """Admit a request and wait for its first chunk: errors in the prompt or parameters surface
+        here, as 400s, before any response is sent."""
+        worker.admit()
         chunks = worker.stream(request, prompt, params, stats)
         try:
-            first = await anext(chunks, None)  # errors in the prompt or parameters surface here, as 400s
+            return chunks, await anext(chunks, None)
         except BaseException:
             await chunks.aclose()
             raise
+
+    async def _complete(request: Request, body: _Request, prompt, max_tokens: int | None, chat: bool):
+        worker = _worker(body.model)
+        params = dict(max_tokens=max_tokens or worker.gen.target.max_len, temperature=body.temperature,
+                      top_p=body.top_p, top_k=body.top_k, seed=body.seed, stop=body.stop)
+        stats = Stats()
+        chunks, first = await _start(request, worker, prompt, params, stats)
         meta = dict(id=("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex, created=int(time.time()),
                     model=body.model)
         if body.stream:
@@ -420,7 +498,8 @@ def _usage(stats: Stats) -> dict:
             "prompt_tokens_details": {"cached_tokens": stats.cached_prompt_tokens}}
 
 
-async def _collect(request, chunks, first, stats, meta, chat) -> JSONResponse:
+async def _gather(request, chunks, first) -> str | None:
+    """The whole text of a stream that starts with `first` (None: the client went away)."""
     text, last_check = [], time.monotonic()
     try:
         item = first
@@ -429,11 +508,17 @@ async def _collect(request, chunks, first, stats, meta, chat) -> JSONResponse:
             if time.monotonic() - last_check > 0.25:  # a client that went away frees the model
                 last_check = time.monotonic()
                 if await request.is_disconnected():
-                    return JSONResponse({}, status_code=499)
+                    return None
             item = await anext(chunks, None)
     finally:
         await chunks.aclose()
-    text = "".join(text)
+    return "".join(text)
+
+
+async def _collect(request, chunks, first, stats, meta, chat) -> JSONResponse:
+    text = await _gather(request, chunks, first)
+    if text is None:
+        return JSONResponse({}, status_code=499)
     choice = ({"index": 0, "message": {"role": "assistant", "content": text}} if chat else
               {"index": 0, "text": text})
     choice.update(finish_reason=stats.finish_reason, logprobs=None)
@@ -465,9 +550,7 @@ async def _events(request, chunks, first, stats, meta, chat, usage) -> AsyncIter
             try:
                 item = await anext(chunks, None)
             except Exception as e:  # headers are sent: report in the stream
-                err = (_library_error(e) if isinstance(e, EdgespecError) else
-                       APIError(500, f"generation failed: {e}", type="server_error"))
-                yield f"data: {json.dumps(err.body)}\n\n"
+                yield _stream_error(e)
                 return
         yield event([piece("", stats.finish_reason)], edgespec=stats.to_dict())
         if usage:
@@ -475,6 +558,43 @@ async def _events(request, chunks, first, stats, meta, chat, usage) -> AsyncIter
         yield "data: [DONE]\n\n"
     finally:
         await chunks.aclose()
+
+
+def _infill_summary(stats: Stats, model: str) -> dict:
+    """llama.cpp's closing fields of an /infill answer (its timings in ms), and ours."""
+    prompt_n = stats.prompt_tokens - stats.cached_prompt_tokens
+    prompt_ms, predicted_ms = 1000 * stats.prefill_seconds, 1000 * stats.decode_seconds
+    timings = {"prompt_n": prompt_n, "prompt_ms": prompt_ms,
+               "prompt_per_second": 1000 * prompt_n / prompt_ms if prompt_ms else 0.0,
+               "predicted_n": stats.new_tokens, "predicted_ms": predicted_ms,
+               "predicted_per_second": 1000 * stats.new_tokens / predicted_ms if predicted_ms else 0.0}
+    return {"stop": True, "model": model, "tokens_predicted": stats.new_tokens,
+            "tokens_evaluated": stats.prompt_tokens, "tokens_cached": stats.cached_prompt_tokens,
+            "truncated": False, "timings": timings, "edgespec": stats.to_dict()}
+
+
+async def _infill_events(chunks, first, stats, model) -> AsyncIterator[str]:
+    """llama.cpp's stream: `{"content": ..., "stop": false}` events, then one with the summary."""
+    try:
+        item = first
+        while item is not None:
+            if item.text:
+                yield f"data: {json.dumps({'content': item.text, 'stop': False})}\n\n"
+            try:
+                item = await anext(chunks, None)
+            except Exception as e:  # headers are sent: report in the stream
+                yield _stream_error(e)
+                return
+        yield f"data: {json.dumps({'content': '', **_infill_summary(stats, model)})}\n\n"
+    finally:
+        await chunks.aclose()
+
+
+def _stream_error(e: Exception) -> str:
+    """An error after the headers went out, as an event."""
+    err = (_library_error(e) if isinstance(e, EdgespecError) else
+           APIError(500, f"generation failed: {e}", type="server_error"))
+    return f"data: {json.dumps(err.body)}\n\n"
 
 
 class _SSE(StreamingResponse):

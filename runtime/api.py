@@ -198,12 +198,13 @@ class Generator:
 
     def stream(self, prompt, max_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0,
                top_k: int = 0, seed: int | None = None, stop: str | Sequence[str] | None = None,
-               stats: Stats | None = None) -> Iterator[Chunk]:
+               stats: Stats | None = None, end_tokens: Iterable[int] = ()) -> Iterator[Chunk]:
         """Chunks of text as the target emits them. The stream holds this Generator from its
         first step until it ends or is closed (see the class docstring).
 
         seed: one seed for the whole generation; the verifier and each sampling drafter
-        draw from independent child streams of it (None: fresh entropy)."""
+        draw from independent child streams of it (None: fresh entropy).
+        end_tokens: token ids that end the generation besides the bundle's EOS."""
         params = SamplingParams(temperature, top_p, top_k, seed).validate()
         if not (isinstance(max_tokens, (int, np.integer)) and max_tokens >= 1):
             raise InputError(f"max_tokens must be an integer >= 1 (got {max_tokens!r})")
@@ -214,7 +215,8 @@ class Generator:
             raise InputError(f"prompt of {len(ids)} tokens does not fit the {limit}-token context "
                              f"of {self.target.path.name}; shorten it or export with a larger --max-context")
         with self._turn():
-            yield from self._chunks(ids, params, max_tokens, stops, stats if stats is not None else Stats())
+            yield from self._chunks(ids, params, max_tokens, stops, stats if stats is not None else Stats(),
+                                    self.eos | {int(t) for t in end_tokens})
 
     @contextmanager
     def _turn(self):
@@ -231,7 +233,7 @@ class Generator:
             self._lock.release()
 
     def _chunks(self, ids: list[int], params: SamplingParams, max_tokens: int, stops: list[str],
-                stats: Stats) -> Iterator[Chunk]:
+                stats: Stats, eos: set[int]) -> Iterator[Chunk]:
         stats.prompt_tokens = len(ids)
         stats.drafter = self.drafter_name
         timing = Timing()
@@ -257,7 +259,7 @@ class Generator:
             for step in steps:
                 tokens, flags = step.tokens, step.from_draft
                 for i, t in enumerate(tokens):
-                    if t in self.eos:
+                    if t in eos:
                         tokens, flags, finish = tokens[:i], flags[:i], "stop"
                         break
                 room = max_tokens - stats.new_tokens
@@ -338,9 +340,26 @@ class Generator:
 
     def generate(self, prompt, **kwargs) -> Result:
         stats = Stats()
-        chunks = list(self.stream(prompt, stats=stats, **kwargs))
-        return Result("".join(c.text for c in chunks), [t for c in chunks for t in c.token_ids],
-                      stats, stats.finish_reason)
+        return _result(list(self.stream(prompt, stats=stats, **kwargs)), stats)
+
+    def stream_fim(self, prefix: str, suffix: str, extra: Sequence[tuple[str, str]] | None = None,
+                   **kwargs) -> Iterator[Chunk]:
+        """Chunks of the middle between `prefix` and `suffix`, fed raw in the bundle's
+        fill-in-the-middle format (runtime/fim.py), `extra` files [(filename, text)] as
+        repository context. Ends at an end token or where the middle reaches the suffix
+        (its repeat is cut); takes stream()'s sampling and stop arguments."""
+        from .fim import stream_middle
+        return stream_middle(self, prefix, suffix, extra, **kwargs)
+
+    def generate_fim(self, prefix: str, suffix: str, extra: Sequence[tuple[str, str]] | None = None,
+                     **kwargs) -> Result:
+        stats = Stats()
+        return _result(list(self.stream_fim(prefix, suffix, extra, stats=stats, **kwargs)), stats)
+
+
+def _result(chunks: list[Chunk], stats: Stats) -> Result:
+    return Result("".join(c.text for c in chunks), [t for c in chunks for t in c.token_ids],
+                  stats, stats.finish_reason)
 
 
 def _message(i: int, m) -> dict:
