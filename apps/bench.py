@@ -384,11 +384,10 @@ def _first_load(target_path: Path, threads: int):
                                 providers=["CPUExecutionProvider"])
 
 
-def _runners(modes, target_path: Path, draft_path: Path | None, threads: int, shared_pool: bool = False,
-             genai_path: Path | None = None):
+def _runners(modes, target_path: Path, draft_path: Path | None, genai_path: Path, threads: int,
+             shared_pool: bool = False):
     """mode -> zero-argument factory of its runner; sessions are loaded once and shared.
-    genai_path: the bundle the onnxruntime-genai anchors run (default: the target)."""
-    genai_path = genai_path or target_path
+    genai_path: the bundle the onnxruntime-genai anchors run (the target's, or --genai-target)."""
     from ..runtime.session import Session, SessionOptions
     loaded: dict[str, object] = {}
 
@@ -488,7 +487,7 @@ def run_suite(target: str | Path, draft: str | Path | None = None, modes: Sequen
     _check_context(prompts, encoded, max_tokens, target_path)
     ballast = _first_load(target_path, threads)  # noqa: F841  (kept alive until the suite ends)
     factories, target_session, prefix_reuse = _runners([m for m in modes if m not in unsupported], target_path,
-                                                       draft_path, threads, shared_pool, genai_path)
+                                                       draft_path, genai_path, threads, shared_pool)
     runners: dict[str, object] = {}
     for m, make in factories.items():
         try:

@@ -5,9 +5,9 @@ GGUF's quant blocks into MatMulNBits weights (gguf_transcode.py), not re-quantiz
 bundle computes what the GGUF computes. The compact int4 ones (round to nearest)
 re-quantize each dequantized tensor with onnxruntime's quantizer. Either way the graph
 is built from the file (gguf_decoder.py): no fp32 model on disk or in memory, no
-onnxruntime-genai builder (which needs one: minutes and ~20 GB for the 1.5B). The tokenizer comes from
-the GGUF's metadata through transformers. The parity check runs the same
-architecture in float64 from the GGUF's blocks (gguf_reference.py).
+onnxruntime-genai builder (which needs one: minutes and ~20 GB for the 1.5B). The
+tokenizer comes from the GGUF's metadata through transformers. The parity check runs
+the same architecture in float64 from the GGUF's blocks (gguf_reference.py).
 
 Called by pipeline.export once the output folder is checked and its work folder claimed.
 """
@@ -23,7 +23,6 @@ from pathlib import Path
 from tqdm import tqdm
 
 from .. import __version__
-from ..quant.quality import bundle_bytes
 from . import files, presets, sources
 from .draft_vocab import default_size, write_draft_head
 from .errors import InputError, SourceError
@@ -118,9 +117,7 @@ def export_gguf(source: str, out: Path, work: Path, options) -> Manifest:
             manifest.parity = parity(model, bundle, manifest, tok, kept, options.threads)
         bar.update()
         bar.set_postfix_str(stages[4])
-        manifest.sizes = {"bundle_bytes": bundle_bytes(bundle, manifest), "source_gguf_bytes": path.stat().st_size,
-                          "export_seconds": round(time.time() - started, 1)}
-        publish(bundle, manifest, out)
+        publish(bundle, manifest, out, path, started)
         bar.update()
     finally:
         bar.close()

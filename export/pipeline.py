@@ -152,12 +152,7 @@ def export(source: str, out: str | Path, options: ExportOptions | None = None) -
             del session
         bar.update()
         bar.set_postfix_str(stages[5])
-        manifest.sizes = {
-            "bundle_bytes": bundle_bytes(bundle, manifest),
-            "source_gguf_bytes": resolved.gguf_path.stat().st_size if resolved.gguf_path else None,
-            "export_seconds": round(time.time() - started, 1),
-        }
-        publish(bundle, manifest, out)
+        publish(bundle, manifest, out, resolved.gguf_path, started)
         bar.update()
     finally:
         bar.close()
@@ -173,9 +168,13 @@ def context_rows(asked: int | None, limit: int) -> int:
     return rows
 
 
-def publish(bundle: Path, manifest: Manifest, out: Path) -> None:
-    """Record the bundle's files (sizes and sha256, checked at load: integrity.py), write its
-    manifest last, and swap it into `out`: an old bundle there stays whole until then."""
+def publish(bundle: Path, manifest: Manifest, out: Path, source_gguf: Path | None, started: float) -> None:
+    """Record the bundle's sizes (its own, its GGUF's, the export's seconds since `started`) and
+    files (sizes and sha256, checked at load: integrity.py), write its manifest last, and swap it
+    into `out`: an old bundle there stays whole until then."""
+    manifest.sizes = {"bundle_bytes": bundle_bytes(bundle, manifest),
+                      "source_gguf_bytes": source_gguf.stat().st_size if source_gguf else None,
+                      "export_seconds": round(time.time() - started, 1)}
     manifest.files = record_files(bundle)
     manifest.write(bundle)
     files.replace_folder(bundle, out)
