@@ -1,9 +1,11 @@
 """edgespec: on-device LLM runtime on ONNX Runtime with lossless tree speculative decoding."""
 
-__version__ = "0.1.0"
+from .contract import __version__  # noqa: F401
 
 
-def load(*args, **kwargs):
-    """Load a target bundle or preset (and optionally a draft); see runtime.api.load."""
+def load(target, draft=None, **kwargs):
+    """Load a target bundle or preset (and optionally a draft); a preset's bundle is prepared on
+    first use (apps/prepare.py), then runtime.api.load opens the folders."""
+    from .apps.prepare import bundle_path
     from .runtime.api import load as _load
-    return _load(*args, **kwargs)
+    return _load(bundle_path(target), None if draft in (None, "none") else bundle_path(draft), **kwargs)

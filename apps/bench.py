@@ -40,8 +40,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Callable, NamedTuple, Sequence
 
-from ..export.errors import EdgespecError, InputError
-from ..export.manifest import read_manifest
+from ..contract.errors import EdgespecError, InputError
+from ..contract.manifest import read_manifest
 from ..runtime.memory import peak_rss_mb
 
 EDGESPEC_MODES = ("plain", "chain", "tree", "ngram", "auto", "mixed", "recycle")
@@ -237,8 +237,8 @@ def _generator(target, draft, tree: bool, drafter: str | None, reuse_cache: bool
     from ..runtime.api import Generator
 
     class PretokenizedGenerator(Generator):
-        def encode(self, prompt):
-            return list(prompt) if isinstance(prompt, _Ids) else super().encode(prompt)
+        def encode(self, prompt, tools=None, prefill=""):
+            return list(prompt) if isinstance(prompt, _Ids) else super().encode(prompt, tools, prefill)
 
     return PretokenizedGenerator(target, draft, tree=tree, drafter=drafter, reuse_cache=reuse_cache)
 
@@ -449,7 +449,7 @@ def run_suite(target: str | Path, draft: str | Path | None = None, modes: Sequen
     genai_target: a bundle of the same tokenizer whose graph the onnxruntime-genai anchors run
     instead of the target's (e.g. the recipe its own builder makes by default: int4 rtn block 32).
     """
-    from ..export.bundles import bundle_path
+    from .prepare import bundle_path
     modes = list(dict.fromkeys(modes))
     unknown = [m for m in modes if m not in MODES]
     if unknown:

@@ -9,12 +9,10 @@ from pathlib import Path
 
 import click
 
-from ..export.errors import EdgespecError
-from ..export.files import atomic_write_text
-from . import cli as cli_module
-from .cli import cli
+from ..contract.errors import EdgespecError
+from ..contract.files import atomic_write_text
 from .bench import DEFAULT_MODES, MODES
-from .options import MAX_TOKENS, THREADS
+from .options import MAX_TOKENS, THREADS, Invocation, pass_invocation
 from .run_cmd import DEFAULT_DRAFT, DEFAULT_TARGET
 
 
@@ -27,7 +25,8 @@ def _refuse_existing(path: Path | None, force: bool) -> None:
         raise EdgespecError(f"{path} exists; pass --force to overwrite it")
 
 
-@cli.command("bench")
+@click.command("bench")
+@pass_invocation
 @click.option("--target", default=DEFAULT_TARGET, show_default=True, help="bundle folder or preset")
 @click.option("--draft", default=DEFAULT_DRAFT, show_default=True, help="bundle, preset, or 'none'")
 @click.option("--genai-target", default=None, help="bundle (same tokenizer) whose graph the onnxruntime-genai "
@@ -52,7 +51,7 @@ def _refuse_existing(path: Path | None, force: bool) -> None:
               help="write a PNG here")
 @click.option("--force", is_flag=True, help="overwrite existing --json / --plot files")
 @click.option("--quick", is_flag=True, help="1 prompt per category, 1 repeat, no warm-up")
-def bench_command(target, draft, genai_target, modes, categories, prompts_file, max_tokens, repeats, warmup, threads,
+def bench_command(invocation: Invocation, target, draft, genai_target, modes, categories, prompts_file, max_tokens, repeats, warmup, threads,
                   json_out, plot_out, force, quick):
     """Benchmark decoding modes on a prompt suite against onnxruntime-genai."""
     from .bench import DEFAULT_MODES, NEEDS_DRAFT, load_suite, run_suite
@@ -65,7 +64,7 @@ def bench_command(target, draft, genai_target, modes, categories, prompts_file, 
         repeats, warmup = 1, 0
     prompts = load_suite(prompts_file, _csv(categories) or None, per_category=1 if quick else None)
     result = run_suite(target, draft, genai_target=genai_target, modes=mode_list, prompts=prompts, max_tokens=max_tokens,
-                       repeats=repeats, warmup=warmup, threads=threads, shared_pool=cli_module.PROCESS_OWNED)
+                       repeats=repeats, warmup=warmup, threads=threads, shared_pool=invocation.owns_process)
     print_table(result)
     if json_out is not None:
         atomic_write_text(json_out, json.dumps(result, indent=1))

@@ -4,22 +4,21 @@ from __future__ import annotations
 
 import click
 
-from .cli import cli
-
 
 def _mib(n: int) -> str:
     return f"{n / 2**20:,.1f} MiB"
 
 
-@cli.command("cache")
+@click.command("cache")
 @click.option("--prune", is_flag=True, help="remove dequantized sources, work folders of killed exports, "
               "bundles of recipes no preset uses now and stamps of bundles that are gone")
 @click.option("--dry-run", is_flag=True, help="with --prune: list what would go, remove nothing")
 def cache_command(prune, dry_run):
     """List the cache ($EDGESPEC_CACHE, default ~/.cache/edgespec) by kind, with sizes."""
+    from ..contract.cache import location
     from ..export import cache
     entries = cache.entries()
-    click.echo(f"cache {cache.location()}")
+    click.echo(f"cache {location()}")
     for kind in dict.fromkeys(e.kind for e in entries):
         mine = [e for e in entries if e.kind == kind]
         what = cache.KINDS.get(kind, "")

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Iterator
 
-from ..export.errors import EdgespecError, InputError
+from ..contract.errors import EdgespecError, InputError
 from ..runtime.api import Generator, Stats
 
 SAVE_FORMAT = "edgespec-chat"
@@ -134,7 +134,7 @@ class Chat:
     def save(self, path: str | Path, overwrite: bool = False) -> Path:
         """Write the conversation to `path` as JSON, all or nothing: a failed write (a full disk)
         leaves the file that was there."""
-        from ..export.files import FileExists, atomic_write_text
+        from ..contract.files import FileExists, atomic_write_text
         path = Path(path).expanduser()
         if path.exists() and not overwrite:
             raise FileExists(f"{path} exists; choose another name or overwrite it with /save! {path}")

@@ -8,9 +8,9 @@ from typing import Callable
 
 import click
 
-from ..export.errors import EdgespecError, InputError
+from ..contract.errors import EdgespecError, InputError
 from .chat import Chat, format_stats
-from .cli import cli
+from .options import Invocation, pass_invocation
 from .run_cmd import (check_sampling, load_generator, model_options, prompt_cache_option, sampling_options,
                       use_prompt_cache)
 
@@ -27,10 +27,10 @@ Ctrl-C during an answer stops it (the partial answer stays in the conversation).
 Start a message with // to send a literal /."""
 
 
-def load_chat_generator(target, draft, drafter, tree, budget, threads, provider):
+def load_chat_generator(target, draft, drafter, tree, budget, threads, provider, shared_pool: bool):
     """`run`'s models, with the KV cache of the previous call's shared prefix reused, and the
     weights moved onto huge pages while the first prompt is typed (a long-lived process)."""
-    gen = load_generator(target, draft, drafter, tree, budget, threads, provider, huge_pages=True)
+    gen = load_generator(target, draft, drafter, tree, budget, threads, provider, shared_pool, huge_pages=True)
     gen.reuse_cache = True
     return gen
 
@@ -308,19 +308,20 @@ class ChatApp:
         return False
 
 
-@cli.command("chat")
+@click.command("chat")
+@pass_invocation
 @model_options
 @sampling_options
 @click.option("--system", default=None, help="system prompt")
 @click.option("--color/--no-color", default=None,
               help="syntax colour for code blocks [default: when stdout is a terminal]")
 @prompt_cache_option
-def chat_command(target, draft, drafter, tree, budget, threads, provider, max_tokens, temperature, top_p,
-                 top_k, seed, system, color, prompt_cache):
+def chat_command(invocation: Invocation, target, draft, drafter, tree, budget, threads, provider, max_tokens,
+                 temperature, top_p, top_k, seed, system, color, prompt_cache):
     """Chat with a model in the terminal: multi-turn, streamed, /help for commands."""
-    from ..export.cache import cache_root
+    from ..contract.cache import cache_root
     check_sampling(temperature, top_p, top_k, seed)
-    gen = load_chat_generator(target, draft, drafter, tree, budget, threads, provider)
+    gen = load_chat_generator(target, draft, drafter, tree, budget, threads, provider, invocation.owns_process)
     use_prompt_cache(gen, prompt_cache)
     chat = Chat(gen, system=system, max_tokens=max_tokens,
                 sampling=dict(temperature=temperature, top_p=top_p, top_k=top_k, seed=seed))

@@ -2,6 +2,10 @@
 
 Only the project's own errors (EdgespecError) become one line: any other exception is a bug
 and keeps its traceback. EDGESPEC_DEBUG=1 keeps the traceback of every error.
+
+The group lists its commands in COMMANDS; a command module imports nothing of this one, so
+the listing makes no circle. main() is the console script: it tells the commands that the
+process is theirs (options.Invocation).
 """
 
 from __future__ import annotations
@@ -13,7 +17,13 @@ import sys
 
 import click
 
-from ..export.errors import EdgespecError
+from ..contract.errors import EdgespecError
+from . import bench_cmd, cache_cmd, chat_cmd, devices_cmd, export_cmd, quality_cmd, run_cmd, serve_cmd
+from .options import Invocation
+
+COMMANDS = (run_cmd.run_command, chat_cmd.chat_command, serve_cmd.serve_command, export_cmd.export_command,
+            bench_cmd.bench_command, quality_cmd.quality_command, devices_cmd.devices_command,
+            cache_cmd.cache_command)
 
 
 def _debug() -> bool:
@@ -33,15 +43,10 @@ class _Group(click.Group):
             sys.exit(130)
 
 
-@click.group(cls=_Group)
+@click.group(cls=_Group, commands=COMMANDS)
 @click.version_option(package_name="edgespec")
 def cli():
     """edgespec: on-device LLM runtime with lossless speculative decoding."""
-
-
-# True when the `edgespec` console script owns the process (not when `cli` is invoked from
-# Python, e.g. by tests): only then may commands switch ONNX Runtime to its process-wide pool.
-PROCESS_OWNED = False
 
 
 class _Stdout(io.FileIO):
@@ -83,14 +88,11 @@ def _output_failed(out: _Stdout):
 
 
 def main():
-    global PROCESS_OWNED
-    PROCESS_OWNED = True
-    from . import bench_cmd, cache_cmd, chat_cmd, devices_cmd, export_cmd, quality_cmd, run_cmd, serve_cmd  # noqa: F401
     out = _watch_stdout()
     code = 0
     try:
         try:
-            cli()
+            cli(obj=Invocation(owns_process=True))
         except SystemExit as e:  # how click ends every command
             code = e.code
         if out is not None:

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import click
 
-from .cli import cli
 from .options import THREADS
 
 
-@cli.command("devices")
+@click.command("devices")
 @click.option("--profile", "bundles", multiple=True,
               help="bundle or preset to profile: cost of one pass over 1..32 tokens (repeatable)")
 @click.option("--threads", type=THREADS, default=None, help="intra-op threads (default: physical cores)")
@@ -26,7 +25,7 @@ def devices_command(bundles, threads, provider, remeasure):
     click.echo(f"memory: {mem.total / 2**30:.1f} GiB total, {mem.available / 2**30:.1f} GiB available")
     for ref in bundles:
         from ..devices.profile import load_or_measure, profile_path
-        from ..export.bundles import bundle_path
+        from .prepare import bundle_path
         from ..runtime.session import Session, SessionOptions
         session = Session(bundle_path(ref), SessionOptions(provider=provider, threads=threads))
         click.echo(f"\nprofile of {session.path.name} ({session.providers[0]}, {session.threads} threads):")

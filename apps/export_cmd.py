@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import click
 
-from ..quant.recipes import ALGOS, PRECISIONS
-from .cli import cli
+from ..export.recipes import ALGOS, PRECISIONS
 from .options import MAX_CONTEXT
 
 BLOCK_SIZES = (16, 32, 64, 128, 256)  # those Recipe.validate accepts
 
 
-@cli.command("export")
+@click.command("export")
 @click.argument("source")
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="bundle folder to write")
 @click.option("--quant", type=click.Choice(PRECISIONS), default="int4", show_default=True)
@@ -40,9 +39,10 @@ BLOCK_SIZES = (16, 32, 64, 128, 256)  # those Recipe.validate accepts
 def export_command(source, output, quant, block_size, accuracy_level, algo, symmetric, max_context, role, layers, draft_vocab,
                    force, no_parity, check):
     """Export SOURCE (HF folder, .gguf file, or preset) to an ONNX bundle."""
+    from ..contract.errors import InputError
     from ..export.pipeline import ExportOptions, export
-    from ..export.errors import InputError
-    from ..quant.recipes import RECIPES, Recipe
+    from ..export.recipes import RECIPES, Recipe
+    from ..runtime.session import bundle_logits
     preset = _preset(source)
     default = preset.recipe() if preset and quant == "int4" else RECIPES.get(quant, Recipe(quant))
     if accuracy_level is None:
@@ -56,7 +56,7 @@ def export_command(source, output, quant, block_size, accuracy_level, algo, symm
     except InputError as e:  # only a combination of the options is left to refuse: --algo with --quant
         raise click.UsageError(str(e)) from None
     manifest = export(source, output, ExportOptions(recipe=recipe, max_context=max_context, role=role,
-                                                    force=force, parity=not no_parity, layers=layers,
+                                                    force=force, parity=None if no_parity else bundle_logits, layers=layers,
                                                     draft_vocab=draft_vocab))
     p = manifest.parity
     if p:

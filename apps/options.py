@@ -4,6 +4,7 @@ parsed, with the option's name, before any model is loaded or exported."""
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 import click
 
@@ -31,6 +32,19 @@ class Threads(click.ParamType):
 
 
 THREADS = Threads()
+
+
+@dataclass(frozen=True)
+class Invocation:
+    """What the caller of the `edgespec` group tells its commands, as click's `obj`: whether the
+    process is the command's own. The console script's main() says so, and only then may a
+    command switch ONNX Runtime to its process-wide thread pool (every later session of the
+    process must share it); a Python caller, such as a test's CliRunner, passes none."""
+
+    owns_process: bool = False
+
+
+pass_invocation = click.make_pass_decorator(Invocation, ensure=True)
 
 
 def not_empty(what: str):

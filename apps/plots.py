@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..export.files import replacing
+from ..contract.files import replacing
 
 SPECULATIVE = ("chain", "tree", "ngram", "auto", "mixed", "recycle", "genai-spec", "genai-ngram")
 

@@ -7,12 +7,11 @@ import json
 
 import click
 
-from ..export.files import atomic_write_text
-from .cli import cli
+from ..contract.files import atomic_write_text
 from .options import MAX_TOKENS, THREADS
 
 
-@cli.command("quality")
+@click.command("quality")
 @click.argument("bundles", metavar="[BUNDLE]...", nargs=-1, type=click.Path(file_okay=False))
 @click.option("--tasks", is_flag=True,
               help="run the shipped programming tasks on each BUNDLE (greedy) and report the pass rates, "
@@ -48,7 +47,7 @@ def quality_command(bundles, tasks, max_tokens, no_reference, reference, compare
     if compare_source is not None:
         if out is None:
             raise click.UsageError("--compare needs --out DIR for the exported bundles")
-        from ..quant.recipes import RECIPES
+        from ..export.recipes import RECIPES
         names = [r.strip() for r in recipes.split(",") if r.strip()]
         unknown = [n for n in names if n not in RECIPES]
         if unknown:

@@ -7,9 +7,7 @@ import time
 
 import click
 
-from . import cli as cli_module
-from .cli import cli
-from .options import BUDGET, MAX_TOKENS, SEED, THREADS, not_empty
+from .options import BUDGET, MAX_TOKENS, SEED, THREADS, Invocation, not_empty, pass_invocation
 
 DEFAULT_TARGET = "qwen2.5-coder-1.5b"
 DEFAULT_DRAFT = "qwen2.5-coder-0.5b"
@@ -63,16 +61,20 @@ def check_sampling(temperature, top_p, top_k, seed) -> None:
     SamplingParams(temperature, top_p, top_k, seed).validate()
 
 
-def load_generator(target, draft, drafter, tree, budget, threads, provider, huge_pages=False):
+def load_generator(target, draft, drafter, tree, budget, threads, provider, shared_pool: bool,
+                   huge_pages=False):
+    """shared_pool: ONNX Runtime's process-wide pool (Invocation.owns_process)."""
     from ..runtime.api import load
+    from .prepare import bundle_path
     if drafter in ("ngram", "recycle", "none"):
         draft = None  # model-free drafters: do not load (or export) a draft model
-    return load(target, None if draft == "none" else draft, tree=tree, budget=budget,
-                drafter=drafter, threads=threads, provider=provider, shared_pool=cli_module.PROCESS_OWNED,
+    return load(bundle_path(target), None if draft in (None, "none") else bundle_path(draft), tree=tree,
+                budget=budget, drafter=drafter, threads=threads, provider=provider, shared_pool=shared_pool,
                 huge_pages=huge_pages)
 
 
-@cli.command("run")
+@click.command("run")
+@pass_invocation
 @click.argument("prompt", callback=not_empty("prompt"))
 @model_options
 @sampling_options
@@ -82,11 +84,11 @@ def load_generator(target, draft, drafter, tree, budget, threads, provider, huge
               help="fill in the middle: PROMPT is the code before the gap, SUFFIX the code after it "
                    "(fed raw in the bundle's FIM format; prints the middle)")
 @prompt_cache_option
-def run_command(prompt, target, draft, drafter, tree, budget, threads, provider,
+def run_command(invocation: Invocation, prompt, target, draft, drafter, tree, budget, threads, provider,
                 max_tokens, temperature, top_p, top_k, seed, raw, stop, suffix, prompt_cache):
     """Generate a reply to PROMPT, streamed."""
     check_sampling(temperature, top_p, top_k, seed)
-    gen = load_generator(target, draft, drafter, tree, budget, threads, provider)
+    gen = load_generator(target, draft, drafter, tree, budget, threads, provider, invocation.owns_process)
     use_prompt_cache(gen, prompt_cache)
     from ..runtime.api import Stats
     stats = Stats()
@@ -110,7 +112,7 @@ def run_command(prompt, target, draft, drafter, tree, budget, threads, provider,
 
 def memory_summary(gen) -> str:
     """Peak RSS against what the models must hold: their bundles and full-context KV caches."""
-    from ..quant.quality import bundle_bytes
+    from ..contract.manifest import bundle_bytes
     from ..runtime.memory import peak_rss_mb
     sessions = [s for s in (gen.target, gen.draft) if s is not None]
     bundles = sum(bundle_bytes(s.path, s.manifest) for s in sessions) / 2**20

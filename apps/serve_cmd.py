@@ -8,8 +8,8 @@ import socket
 
 import click
 
-from ..export.errors import EdgespecError
-from .cli import cli
+from ..contract.errors import EdgespecError
+from .options import Invocation, pass_invocation
 from .run_cmd import model_options
 from .server import MAX_BODY
 
@@ -20,7 +20,8 @@ def _model_name(target: str) -> str:
     return path.name if path.exists() else target
 
 
-@cli.command("serve")
+@click.command("serve")
+@pass_invocation
 @model_options
 @click.option("--host", default="127.0.0.1", show_default=True, help="address to bind")
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
@@ -36,8 +37,8 @@ def _model_name(target: str) -> str:
                    "(alternating conversations, resent files) prefill only what is new; 0: off")
 @click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]),
               default="info", show_default=True)
-def serve_command(target, draft, drafter, tree, budget, threads, provider, host, port, api_key, model_name,
-                  queue_size, max_body, prefix_cache_mb, log_level):
+def serve_command(invocation: Invocation, target, draft, drafter, tree, budget, threads, provider, host, port,
+                  api_key, model_name, queue_size, max_body, prefix_cache_mb, log_level):
     """Serve a model over an OpenAI-compatible HTTP API (/v1/chat/completions, /v1/completions)
     and llama.cpp's fill-in-the-middle /infill."""
     import uvicorn
@@ -51,7 +52,7 @@ def serve_command(target, draft, drafter, tree, budget, threads, provider, host,
         click.echo(f"warning: serving on {host} without --api-key: anyone who can reach it can use it",
                    err=True)
     sock = _bind(host, port)
-    gen = load_chat_generator(target, draft, drafter, tree, budget, threads, provider)
+    gen = load_chat_generator(target, draft, drafter, tree, budget, threads, provider, invocation.owns_process)
     gen.prefix_cache = PrefixCache(prefix_cache_mb << 20) if prefix_cache_mb else None
     name = model_name or _model_name(target)
     app = create_app({name: gen}, api_key=api_key, queue_size=queue_size, max_body=max_body)

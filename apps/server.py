@@ -28,9 +28,10 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from starlette.exceptions import HTTPException
 
-from ..export.errors import EdgespecError, InputError
+from ..contract.errors import EdgespecError, InputError
 from ..runtime.api import Chunk, Generator, Stats, content_text
 from ..runtime.fim import Infill
+from ..runtime.tool_calls import ToolCall, ToolError, ToolRequest
 
 MAX_BODY = 1 << 20  # bytes
 
@@ -70,7 +71,8 @@ def _invalid(errors: list[dict]) -> APIError:
 def _library_error(exc: EdgespecError) -> APIError:
     """A refusal from the library (prompt, sampling values, stop strings): the request's fault."""
     message = str(exc)
-    return APIError(400, message, code="context_length_exceeded" if "does not fit" in message else None)
+    return APIError(400, message, param=getattr(exc, "param", None),
+                    code="context_length_exceeded" if "does not fit" in message else None)
 
 
 class BodyLimit:
@@ -159,8 +161,10 @@ class _Request(BaseModel):
 
 class _Message(BaseModel):
     model_config = ConfigDict(extra="allow")
-    role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[dict]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[dict] | None = None  # null in an assistant's message with tool_calls
+    tool_calls: list | None = None  # an assistant's, as OpenAI returns them
+    tool_call_id: str | None = None  # a tool result's
 
     def text(self, i: int) -> str:
         try:
@@ -168,17 +172,35 @@ class _Message(BaseModel):
         except InputError as e:
             raise APIError(400, str(e), param=f"messages[{i}].content") from None
 
+    def to_dict(self, i: int) -> dict:
+        """The message as the chat template reads it (tool calls checked by the runtime)."""
+        calls = self.role == "assistant" and self.tool_calls
+        message = {"role": "system" if self.role == "developer" else self.role,
+                   "content": self.content if calls and self.content is None else self.text(i)}
+        if calls:
+            message["tool_calls"] = self.tool_calls
+        if self.tool_call_id is not None:
+            message["tool_call_id"] = self.tool_call_id
+        return message
+
 
 class ChatRequest(_Request):
     messages: list[_Message] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1)
     tools: list | None = None
+    tool_choice: str | dict | None = None
+    parallel_tool_calls: bool = True
 
     def prompt(self) -> list[dict]:
-        if self.tools:
-            raise APIError(400, "tools are not supported by edgespec", param="tools")
-        return [{"role": "system" if m.role == "developer" else m.role, "content": m.text(i)}
-                for i, m in enumerate(self.messages)]
+        return [m.to_dict(i) for i, m in enumerate(self.messages)]
+
+    def tool_request(self) -> ToolRequest | None:
+        """The checked tools (runtime/tool_calls.py), or None when the request has none."""
+        try:
+            tools = ToolRequest.check(self.tools, self.tool_choice, self.parallel_tool_calls)
+        except ToolError as e:
+            raise APIError(400, str(e), param=e.param) from None
+        return tools if tools.tools else None
 
 
 class CompletionRequest(_Request):
@@ -430,7 +452,7 @@ def create_app(models: dict[str, Generator], *, api_key: str | None = None, queu
     async def chat_completions(request: Request):
         body = await _parse(request, ChatRequest)
         max_tokens = body.max_completion_tokens or body.max_tokens
-        return await _complete(request, body, body.prompt(), max_tokens, chat=True)
+        return await _complete(request, body, body.prompt(), max_tokens, chat=True, tools=body.tool_request())
 
     @app.post("/v1/completions")
     async def completions(request: Request):
@@ -476,18 +498,21 @@ def create_app(models: dict[str, Generator], *, api_key: str | None = None, queu
             await chunks.aclose()
             raise
 
-    async def _complete(request: Request, body: _Request, prompt, max_tokens: int | None, chat: bool):
+    async def _complete(request: Request, body: _Request, prompt, max_tokens: int | None, chat: bool,
+                        tools: ToolRequest | None = None):
         worker = _worker(body.model)
         params = dict(max_tokens=max_tokens or worker.gen.target.max_len, temperature=body.temperature,
                       top_p=body.top_p, top_k=body.top_k, seed=body.seed, stop=body.stop)
+        if tools is not None:
+            params.update(tools=tools.shown, prefill=tools.choice.prefill)
         stats = Stats()
         chunks, first = await _start(request, worker, prompt, params, stats)
         meta = dict(id=("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex, created=int(time.time()),
                     model=body.model)
         if body.stream:
             usage = bool((body.stream_options or {}).get("include_usage"))
-            return _SSE(_events(request, chunks, first, stats, meta, chat, usage))
-        return await _collect(request, chunks, first, stats, meta, chat)
+            return _SSE(_events(request, chunks, first, stats, meta, chat, usage, tools))
+        return await _collect(request, chunks, first, stats, meta, chat, tools)
 
     return app
 
@@ -515,20 +540,30 @@ async def _gather(request, chunks, first) -> str | None:
     return "".join(text)
 
 
-async def _collect(request, chunks, first, stats, meta, chat) -> JSONResponse:
+async def _collect(request, chunks, first, stats, meta, chat, tools: ToolRequest | None = None) -> JSONResponse:
     text = await _gather(request, chunks, first)
     if text is None:
         return JSONResponse({}, status_code=499)
+    finish = stats.finish_reason
     choice = ({"index": 0, "message": {"role": "assistant", "content": text}} if chat else
               {"index": 0, "text": text})
-    choice.update(finish_reason=stats.finish_reason, logprobs=None)
+    if tools is not None and tools.parsing:
+        content, calls = tools.parse(text, finish)
+        choice["message"]["content"] = content
+        if calls:
+            choice["message"]["tool_calls"] = [c.to_openai() for c in calls]
+        finish = tools.finish_reason(finish, len(calls))
+    choice.update(finish_reason=finish, logprobs=None)
     return JSONResponse({**meta, "object": "chat.completion" if chat else "text_completion",
                          "choices": [choice], "usage": _usage(stats), "edgespec": stats.to_dict()})
 
 
-async def _events(request, chunks, first, stats, meta, chat, usage) -> AsyncIterator[str]:
-    """Server-sent events: OpenAI's chunk objects, then `data: [DONE]`."""
+async def _events(request, chunks, first, stats, meta, chat, usage,
+                  tools: ToolRequest | None = None) -> AsyncIterator[str]:
+    """Server-sent events: OpenAI's chunk objects, then `data: [DONE]`. With tools, the text
+    goes through a CallSplitter: content deltas until a call opens, each call as tool_calls deltas."""
     kind = "chat.completion.chunk" if chat else "text_completion"
+    splitter = tools.splitter() if tools is not None and tools.parsing else None
 
     def event(choices: list, **extra) -> str:
         return f"data: {json.dumps({**meta, 'object': kind, 'choices': choices, **extra})}\n\n"
@@ -539,20 +574,46 @@ async def _events(request, chunks, first, stats, meta, chat, usage) -> AsyncIter
                     "finish_reason": finish, "logprobs": None}
         return {"index": 0, "text": text, "finish_reason": finish, "logprobs": None}
 
+    def split(events: list) -> list[str]:
+        """Content and calls from the splitter as events; a call as OpenAI sends it: its id, type
+        and name (arguments ""), then its arguments."""
+        out, index = [], splitter.calls - sum(isinstance(e, ToolCall) for e in events)
+        for e in events:
+            if not isinstance(e, ToolCall):
+                out.append(event([piece(e)]))
+                continue
+            head = {"index": index, "id": e.id, "type": "function", "function": {"name": e.name, "arguments": ""}}
+            for call in (head, {"index": index, "function": {"arguments": e.arguments}}):
+                out.append(event([{"index": 0, "delta": {"tool_calls": [call]}, "finish_reason": None,
+                                   "logprobs": None}]))
+            index += 1
+        return out
+
     try:
         if chat:
             yield event([{"index": 0, "delta": {"role": "assistant", "content": ""},
                           "finish_reason": None, "logprobs": None}])
+        if splitter is not None:
+            for e in split(splitter.feed(tools.choice.prefill)):
+                yield e
         item = first
         while item is not None:
-            if item.text:
+            if splitter is not None:
+                for e in split(splitter.feed(item.text)):
+                    yield e
+            elif item.text:
                 yield event([piece(item.text)])
             try:
                 item = await anext(chunks, None)
             except Exception as e:  # headers are sent: report in the stream
                 yield _stream_error(e)
                 return
-        yield event([piece("", stats.finish_reason)], edgespec=stats.to_dict())
+        finish = stats.finish_reason
+        if splitter is not None:
+            for e in split(splitter.finish(finish != "length")):
+                yield e
+            finish = tools.finish_reason(finish, splitter.calls)
+        yield event([piece("", finish)], edgespec=stats.to_dict())
         if usage:
             yield event([], usage=_usage(stats))
         yield "data: [DONE]\n\n"

@@ -1,1 +1,1 @@
-"""devices"""
+"""devices: execution providers and latency profiles. Imports contract only."""

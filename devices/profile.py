@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..export.files import atomic_write_text
+from ..contract.files import atomic_write_text
 
 SIZES = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
 QUICK_SIZES = (1, 2, 3, 4, 6, 8)  # enough to size chains; measured on first use
@@ -58,7 +58,7 @@ def profile_key(session) -> str:
 
 
 def profile_path(session) -> Path:
-    from ..export.cache import cache_root
+    from ..contract.cache import cache_root
     return cache_root() / "profiles" / f"{session.path.name}-{profile_key(session)}.json"
 
 

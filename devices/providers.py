@@ -6,7 +6,7 @@ import warnings
 
 import onnxruntime as ort
 
-from ..export.errors import EdgespecError
+from ..contract.errors import EdgespecError
 
 ALIASES = {
     "cpu": "CPUExecutionProvider",

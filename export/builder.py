@@ -7,8 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ..quant.recipes import Recipe
-from .errors import EdgespecError
+from ..contract.errors import EdgespecError
+from .recipes import Recipe
 
 
 def build_graph(hf_dir: Path, out_dir: Path, recipe: Recipe, work_dir: Path, log_path: Path) -> Path:

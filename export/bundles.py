@@ -1,25 +1,31 @@
-"""Find a bundle by folder or preset name, exporting a preset on first use."""
+"""Find a bundle by folder or preset name; a preset's bundle lives in the cache and is
+prepared on first use by the `prepare` the caller passes (apps/prepare.py: an export in a
+child process, its parity checked by the runtime, which export does not import)."""
 
 from __future__ import annotations
 
 import shutil
 import sys
 from pathlib import Path
+from typing import Callable
 
-from ..quant.recipes import Recipe
-from .cache import cache_root
-from .errors import BundleError, EdgespecError
-from .files import remove_stale
-from .manifest import MANIFEST_NAME, read_manifest
+from ..contract.cache import cache_root
+from ..contract.errors import BundleError, EdgespecError
+from ..contract.files import remove_stale
+from ..contract.manifest import MANIFEST_NAME, read_manifest
+from .recipes import Recipe
+
+# prepare(preset name, output folder, recipe, role): export the preset into the folder, replacing it
+Prepare = Callable[[str, Path, Recipe, str], None]
 
 
 def preset_bundle_dir(name: str, recipe: Recipe) -> Path:
     return cache_root() / "bundles" / f"{name}-{recipe.precision}"
 
 
-def bundle_path(ref: str | Path, recipe: Recipe | None = None, isolated: bool = True) -> Path:
-    """A bundle folder as given, or the cached bundle of a preset (exported if missing: in a
-    child process unless not `isolated`, see prepare.py)."""
+def bundle_path(ref: str | Path, prepare: Prepare, recipe: Recipe | None = None) -> Path:
+    """A bundle folder as given, or the cached bundle of a preset: checked and upgraded if it
+    is there with this recipe, else made by `prepare`."""
     from . import presets
     path = Path(ref)
     if path.is_dir():
@@ -49,10 +55,5 @@ def bundle_path(ref: str | Path, recipe: Recipe | None = None, isolated: bool = 
         print(f"preparing {preset.name} ({recipe.precision}) in {out} (first use)", file=sys.stderr)
     from .extras import require_export
     require_export()  # in this process: the message names the extra to install, before any work
-    if isolated:
-        from .prepare import prepare
-        prepare(preset.name, out, recipe, preset.role)
-    else:
-        from .pipeline import ExportOptions, export
-        export(preset.name, out, ExportOptions(recipe=recipe, role=preset.role, force=True))
+    prepare(preset.name, out, recipe, preset.role)
     return out

@@ -1,40 +1,16 @@
-"""Where edgespec keeps assembled GGUFs, dequantized Hugging Face folders and bundles.
+"""What export keeps in the cache (assembled GGUFs, dequantized Hugging Face folders, preset
+bundles), and what of the whole cache can be rebuilt, for `edgespec cache [--prune]`.
 
-`$EDGESPEC_CACHE` if set, else `$XDG_CACHE_HOME/edgespec` (default `~/.cache/edgespec`).
-Read from the environment on every call, so a test can point it at a temporary folder.
+Where the cache is: contract/cache.py.
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .files import remove_stale
-
-
-def cache_root() -> Path:
-    root = _root()
-    root.mkdir(parents=True, exist_ok=True)
-    return root
-
-
-def location() -> Path:
-    """Where the cache is, without creating it (listing an absent cache makes nothing)."""
-    return _root()
-
-
-def _root() -> Path:
-    env = os.environ.get("EDGESPEC_CACHE")
-    if env:
-        return Path(env).expanduser()
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "edgespec"
-
-
-def cache_dir(name: str) -> Path:
-    path = cache_root() / name
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+from ..contract.cache import cache_dir, location
+from ..contract.files import remove_stale
 
 
 def gguf_dir() -> Path:
@@ -55,7 +31,7 @@ def remove_stale_work() -> None:
     """Remove what killed runs left in the cache: `.SHA.tmp-PID` dequantization folders (GBs for
     a preset) and `.NAME.partial-PID` exports; a bundle a killed replacement left aside goes back."""
     for name in ("hf", "bundles"):
-        remove_stale(_root() / name)
+        remove_stale(location() / name)
 
 
 # --- what the cache holds, and what can go ---------------------------------------------------
@@ -85,8 +61,8 @@ def entries() -> list[Entry]:
     preset bundles of a recipe the preset no longer uses, and stamps of bundles that are gone."""
     from . import presets
     from .bundles import preset_bundle_dir
-    from .files import _WORK, owner_alive
-    root = _root()
+    from ..contract.files import _WORK, owner_alive
+    root = location()
     current = {preset_bundle_dir(p, presets.get(p).recipe()).name for p in presets.names()}
     found = []
     for folder in sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []:
@@ -111,7 +87,7 @@ def entries() -> list[Entry]:
 
 def prune(dry_run: bool = False) -> list[Entry]:
     """Remove what `entries` marks prunable; return it."""
-    from .files import _remove
+    from ..contract.files import _remove
     gone = [e for e in entries() if e.why]
     if not dry_run:
         for e in gone:

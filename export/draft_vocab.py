@@ -25,12 +25,11 @@ import onnx
 from onnx import numpy_helper
 from onnx.external_data_helper import load_external_data_for_tensor, set_external_data
 
+from ..contract.errors import InputError
+from ..contract.manifest import DRAFT_DATA, Manifest
 from .last_logits import lm_head
-from .errors import InputError
-from .manifest import Manifest
 
 DRAFT_MODEL = "model.draft.onnx"
-DRAFT_DATA = "draft_head.data"
 DRAFT_VOCAB = "draft_vocab.npy"
 CORPUS_BYTES = 4_000_000  # ~1M tokens: enough to rank the 32k most frequent
 DEFAULT_SIZE = 32768  # the 32k most frequent of the 152k Qwen tokens

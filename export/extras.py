@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from importlib.util import find_spec
 
-from .errors import MissingPackageError
+from ..contract.errors import MissingPackageError
 
 EXPORT_MODULES = ("torch", "transformers", "onnxruntime_genai", "gguf", "onnx_ir")
 

@@ -17,8 +17,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from ..contract.errors import MissingPackageError, SourceError
 from . import cache, presets
-from .errors import MissingPackageError, SourceError
 from .presets import PartSpec, Preset
 
 CHUNK = 8 << 20  # bytes per read: never a whole model in memory

@@ -18,9 +18,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto
 
+from ..contract.manifest import Manifest
 from .gguf_model import DecoderConfig, GGUFModel
 from .gguf_transcode import Encoded, Requant, concat_rows
-from .manifest import Manifest
 from .onnx_graph import MS, Graph, WeightFile
 
 DATA_SUFFIX = ".data"

@@ -22,16 +22,17 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from .. import __version__
-from . import files, presets, sources
+from ..contract import __version__, files
+from ..contract.errors import InputError, SourceError
+from ..contract.manifest import Manifest
+from . import presets, sources
 from .draft_vocab import default_size, write_draft_head
-from .errors import InputError, SourceError
+from .prefill_graph import wants_prefill_graph, write_prefill_graph
 from .gguf_decoder import GENAI_MODEL, build_decoder
 from .gguf_model import GGUFModel
 from .gguf_transcode import Requant
-from .manifest import Manifest
-from .pipeline import context_rows, publish
-from .parity import PARITY_PROMPTS, bundle_logits, compare
+from .parity import PARITY_PROMPTS, BundleLogits, compare
+from .publish import context_rows, publish
 from .tokenizer_files import stop_token_ids, tokenizer_sha256
 
 MODEL_FILE = "model.onnx"
@@ -111,10 +112,12 @@ def export_gguf(source: str, out: Path, work: Path, options) -> Manifest:
         _write_genai_config(bundle, manifest)
         manifest.layers_kept = kept
         manifest.draft_head = _draft_head(bundle, manifest, options.draft_vocab, summary.head_has_offsets)
+        if wants_prefill_graph(manifest):
+            manifest.prefill_graph = write_prefill_graph(bundle, manifest)
         bar.update()
         bar.set_postfix_str(stages[3])
         if options.parity:
-            manifest.parity = parity(model, bundle, manifest, tok, kept, options.threads)
+            manifest.parity = parity(model, bundle, manifest, tok, kept, options.parity, options.threads)
         bar.update()
         bar.set_postfix_str(stages[4])
         publish(bundle, manifest, out, path, started)
@@ -137,16 +140,13 @@ def _draft_head(bundle: Path, manifest: Manifest, asked: int | None, head_has_of
     return write_draft_head(bundle, manifest, size) if size else None
 
 
-def parity(model: GGUFModel, bundle: Path, manifest: Manifest, tok, layers, threads) -> dict:
-    """Logits of the bundle vs the GGUF's float64 reference on the fixed prompts."""
-    from ..runtime.session import Session, SessionOptions
+def parity(model: GGUFModel, bundle: Path, manifest: Manifest, tok, layers, logits: BundleLogits,
+           threads: int | None) -> dict:
+    """Logits of the bundle (run by `logits`, see parity.py) vs the GGUF's float64 reference on
+    the fixed prompts."""
     from .gguf_reference import Reference
     tokens = [tok.encode(p, add_special_tokens=False) for p in PARITY_PROMPTS]
-    session = Session(bundle, SessionOptions(threads=threads), manifest=manifest)
-    try:
-        report = compare(Reference(model, layers).logits(tokens), bundle_logits(session, tokens))
-    finally:
-        del session
+    report = compare(Reference(model, layers).logits(tokens), logits(bundle, manifest, tokens, threads))
     report["prompt_texts"] = list(PARITY_PROMPTS)
     report["reference"] = REFERENCE
     return report

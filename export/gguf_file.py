@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import SourceError
+from ..contract.errors import SourceError
 
 MAGIC = b"GGUF"
 DEFAULT_ALIGNMENT = 32

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import SourceError
+from ..contract.errors import SourceError
 from .gguf_file import GGUFFile
 from .gguf_transcode import (FLOAT_TYPES, SUPPORTED, Encoded, Requant, concat_rows, decode, encode, float_weight,
                              requantize)

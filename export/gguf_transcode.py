@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import SourceError
+from ..contract.errors import SourceError
 
 QK_K = 256  # weights per K-quant super-block
 OFFSET_BLOCK = 32  # the offsets' block, along K

@@ -15,7 +15,7 @@ import re
 import shutil
 from pathlib import Path
 
-from .errors import EdgespecError
+from ..contract.errors import EdgespecError
 
 _LAYER = re.compile(r"^(model\.layers\.)(\d+)(\..*)$")
 

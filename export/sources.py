@@ -16,8 +16,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..contract.errors import SourceError
 from . import cache, presets
-from .errors import SourceError
 from .gguf_assembly import CHUNK, assemble, file_sha256
 
 # Architectures that transformers and onnxruntime-genai's builder both handle and that we test.

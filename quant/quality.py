@@ -21,9 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..export.errors import EdgespecError, InputError
-from ..export.manifest import MANIFEST_NAME, Manifest, read_manifest
-from .recipes import RECIPES, Recipe
+from ..contract.errors import EdgespecError, InputError
+from ..contract.manifest import MANIFEST_NAME, Manifest, bundle_bytes, prefill_graph_bytes, read_manifest
+from ..export.parity import TorchModel
+from ..export.recipes import RECIPES, Recipe
 from .text import eval_text
 
 DEFAULT_WINDOWS = 8
@@ -46,28 +47,20 @@ class BundleModel:
     def logits(self, ids: list[int]) -> np.ndarray:
         return self.session.score(ids)  # [S, vocab]
 
+    def prompt_logits(self, ids: list[int]) -> np.ndarray | None:
+        """[S, vocab] from the bundle's prefill graph, the model a prompt's rows go through
+        (export/prefill_graph.py); None without one."""
+        s = self.session
+        if s.prefill_sess is None:
+            return None
+        s.reset()
+        try:
+            return s.forward(ids, prompt=True).copy()
+        finally:
+            s.reset()
+
     def describe(self) -> dict:
         return {"kind": self.kind, "path": str(self.path), "recipe": self.manifest.quant}
-
-
-class TorchModel:
-    """The unquantized model in transformers, float32."""
-    kind = "torch"
-
-    def __init__(self, hf_dir: str | Path):
-        import torch
-        from transformers import AutoModelForCausalLM
-        self.path = Path(hf_dir)
-        self.model = AutoModelForCausalLM.from_pretrained(str(self.path), dtype=torch.float32).eval()
-        self.max_len = int(getattr(self.model.config, "max_position_embeddings", None) or sys.maxsize)
-
-    def logits(self, ids: list[int]) -> np.ndarray:
-        import torch
-        with torch.no_grad():
-            return self.model(torch.tensor([ids])).logits[0].float().numpy()  # [S, vocab]
-
-    def describe(self) -> dict:
-        return {"kind": self.kind, "path": str(self.path), "recipe": {"precision": "fp32 (torch)"}}
 
 
 def open_reference(reference, manifest: Manifest, bundle: Path, threads: int | None = None):
@@ -162,6 +155,7 @@ def quality_report(bundle: str | Path, reference=None, windows: int = DEFAULT_WI
     length = min(window_len, model.max_len, ref.max_len)
     chunks = cut_windows(ids, windows, length)
     totals = {"nll": 0.0, "ref_nll": 0.0, "kl": 0.0, "agree": 0, "positions": 0}
+    prompt: dict[str, dict] = {"prompt": {}, "prompt_vs_decode": {}}  # the prefill graph's sums, if any
     for chunk in tqdm(chunks, desc=f"quality {bundle.name}", unit="window", file=sys.stderr, disable=None,
                       leave=False):
         logits, ref_logits = model.logits(chunk), ref.logits(chunk)  # [S, vocab] each
@@ -170,11 +164,17 @@ def quality_report(bundle: str | Path, reference=None, windows: int = DEFAULT_WI
                                 "in shape; the reference must share the bundle's vocabulary")
         for key, value in window_stats(chunk, logits, ref_logits).items():
             totals[key] += value
+        prompt_logits = model.prompt_logits(chunk)
+        if prompt_logits is not None:
+            for name, against in (("prompt", ref_logits), ("prompt_vs_decode", logits)):
+                for key, value in window_stats(chunk, prompt_logits, against).items():
+                    prompt[name][key] = prompt[name].get(key, 0) + value
     predicted = len(chunks) * (length - 1)
     return {
         "bundle": str(bundle),
         "recipe": manifest.quant,
         "bundle_bytes": bundle_bytes(bundle, manifest),
+        "prefill_graph_bytes": prefill_graph_bytes(bundle, manifest),
         "reference": ref.describe(),
         "text": text.describe(),
         "text_tokens": len(ids),
@@ -186,18 +186,16 @@ def quality_report(bundle: str | Path, reference=None, windows: int = DEFAULT_WI
         "reference_perplexity": math.exp(totals["ref_nll"] / predicted),
         "top1_agreement": totals["agree"] / totals["positions"],
         "mean_kl": totals["kl"] / totals["positions"],
+        # the prefill graph, which computes prompt rows: against the reference and the decode graph
+        "prompt_graph": {
+            "perplexity": math.exp(prompt["prompt"]["nll"] / predicted),
+            "top1_agreement": prompt["prompt"]["agree"] / totals["positions"],
+            "mean_kl": prompt["prompt"]["kl"] / totals["positions"],
+            "top1_vs_decode_graph": prompt["prompt_vs_decode"]["agree"] / totals["positions"],
+            "kl_vs_decode_graph": prompt["prompt_vs_decode"]["kl"] / totals["positions"],
+        } if prompt["prompt"] else None,
         "seconds": round(time.time() - started, 2),
     }
-
-
-def bundle_bytes(bundle: Path, manifest: Manifest) -> int:
-    """Size on disk of the graph and its weights (model.onnx*, and a draft head's files),
-    as export records it."""
-    from ..export.draft_vocab import DRAFT_DATA
-    head = manifest.draft_head or {}
-    extra = {head.get("model_file"), head.get("vocab_file"), DRAFT_DATA} if head else set()
-    return sum(f.stat().st_size for f in Path(bundle).iterdir()
-               if f.name.startswith(manifest.model_file) or f.name in extra)
 
 
 # --- one source, several recipes -------------------------------------------------------------
@@ -209,6 +207,7 @@ def compare_recipes(source: str, recipes=("int4", "int8", "fp32"), out_root: str
     report each against one reference (default: the source model in torch)."""
     from ..export import sources
     from ..export.pipeline import ExportOptions, export
+    from ..runtime.session import bundle_logits
     unknown = [r for r in recipes if r not in RECIPES]
     if unknown:
         raise InputError(f"unknown recipe(s) {', '.join(unknown)}; choose from {', '.join(RECIPES)}")
@@ -222,7 +221,7 @@ def compare_recipes(source: str, recipes=("int4", "int8", "fp32"), out_root: str
             _check_reusable(folder, recipe, resolved.source_sha256)
             print(f"edgespec: reusing {folder}", file=sys.stderr, flush=True)
         else:
-            export(source, folder, ExportOptions(recipe=recipe, threads=threads))
+            export(source, folder, ExportOptions(recipe=recipe, threads=threads, parity=bundle_logits))
         bundles.append(folder)
     ref = None
     reports = []
@@ -259,6 +258,13 @@ def format_report(report: dict | list[dict]) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
              for row in rows]
+    for r in reports:
+        g = r.get("prompt_graph")
+        if g:
+            lines.append(f"{Path(r['bundle']).name}: prompts run its int8 prefill graph: perplexity "
+                         f"{g['perplexity']:.3f}, top-1 {g['top1_agreement']:.1%} (KL {g['mean_kl']:.3g}) against the "
+                         f"reference, {g['top1_vs_decode_graph']:.1%} (KL {g['kl_vs_decode_graph']:.3g}) against "
+                         f"its own decode graph")
     first = reports[0]
     ref = first["reference"]
     files = ", ".join(f["name"] for f in first["text"]["files"])

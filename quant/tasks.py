@@ -33,9 +33,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from ..export.errors import EdgespecError, InputError
-from ..export.files import atomic_write_text
-from ..export.manifest import MANIFEST_NAME, Manifest, read_manifest
+from ..contract.errors import EdgespecError, InputError
+from ..contract.files import atomic_write_text
+from ..contract.manifest import MANIFEST_NAME, Manifest, read_manifest
 
 TASKS_FILE = Path(__file__).with_name("tasks.json")
 SANDBOX = Path(__file__).with_name("task_sandbox.py")

@@ -13,7 +13,7 @@ import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..export.errors import EdgespecError
+from ..contract.errors import EdgespecError
 
 # Plain, well-commented code and prose docstrings; no generated tables.
 EVAL_MODULES = ("textwrap", "shlex", "fnmatch")

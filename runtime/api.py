@@ -6,89 +6,22 @@ import threading
 import time
 from collections.abc import Iterable
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
 
-from ..export.errors import EdgespecError, InputError
+from ..contract.errors import EdgespecError, InputError
 from . import drafters
 from .detok import Detokenizer
 from .memory import trim_heap
+from .policy_config import DEFAULT
 from .prefix_cache import PrefixCache
 from .prompt_store import PromptStore
+from .results import Chunk, Result, Stats
 from .sampling import SamplingParams
 from .scheduler import Timing, decode_steps
 from .session import Session, SessionOptions
-
-
-@dataclass
-class Chunk:
-    text: str
-    token_ids: list[int]
-    from_draft: list[bool]
-
-
-@dataclass
-class Stats:
-    prompt_tokens: int = 0
-    new_tokens: int = 0
-    prefill_seconds: float = 0.0
-    cached_prompt_tokens: int = 0  # prompt tokens whose KV came from a cache, not a prefill
-    cached_from: str = ""  # which: "previous call" (the session's own), "memory" (prefix LRU), "disk"
-    decode_seconds: float = 0.0
-    draft_seconds: float = 0.0
-    verify_seconds: float = 0.0
-    overhead_seconds: float = 0.0
-    verify_passes: int = 0
-    proposed: int = 0
-    accepted: int = 0
-    drafter: str = "none"
-    drafter_choices: dict | None = None  # auto: passes drafted by lookup (long/short match) vs model
-    finish_reason: str = ""
-
-    @property
-    def decode_tok_s(self) -> float:
-        return (self.new_tokens - 1) / self.decode_seconds if self.decode_seconds > 0 else 0.0
-
-    @property
-    def prefill_tok_s(self) -> float:
-        return self.prompt_tokens / self.prefill_seconds if self.prefill_seconds > 0 else 0.0
-
-    @property
-    def accepted_per_pass(self) -> float:
-        """Tokens emitted per target pass (accepted drafts + the target's own token)."""
-        return (self.new_tokens - 1) / self.verify_passes if self.verify_passes else 0.0
-
-    @property
-    def acceptance_rate(self) -> float:
-        return self.accepted / self.proposed if self.proposed else 0.0
-
-    def to_dict(self) -> dict:
-        d = dict(self.__dict__)
-        d.update(decode_tok_s=self.decode_tok_s, prefill_tok_s=self.prefill_tok_s,
-                 accepted_per_pass=self.accepted_per_pass, acceptance_rate=self.acceptance_rate)
-        return d
-
-    def summary(self) -> str:
-        cached = f" ({self.cached_prompt_tokens} cached, {self.cached_from})" if self.cached_prompt_tokens else ""
-        s = (f"{self.new_tokens} tokens, {self.decode_tok_s:.1f} tok/s decode, "
-             f"prefill {self.prompt_tokens} tok{cached} in {self.prefill_seconds:.2f}s")
-        if self.proposed:
-            s += (f", drafter {self.drafter}: {self.accepted_per_pass:.2f} tok/pass, "
-                  f"acceptance {self.acceptance_rate:.0%}")
-        s += (f" | draft {self.draft_seconds:.2f}s verify {self.verify_seconds:.2f}s "
-              f"overhead {self.overhead_seconds:.2f}s")
-        return s
-
-
-@dataclass
-class Result:
-    text: str
-    token_ids: list[int]
-    stats: Stats
-    finish_reason: str
 
 
 def check_compatible(target: Session, draft: Session) -> None:
@@ -134,6 +67,7 @@ class Generator:
         self.prefix_cache = prefix_cache
         self.prompt_store = prompt_store
         self.use_profiles = True  # size drafts from cached device profiles (`edgespec devices --profile`)
+        self.policy_config = DEFAULT  # the drafting policy's tuned numbers (runtime/policy_config.py)
         from .tokenizer import BundleTokenizer
         self.target = target
         self.draft = draft
@@ -166,13 +100,17 @@ class Generator:
         target, draft = cached(self.target), cached(self.draft)
         if target is None or draft is None:
             return None
-        return CostAwareLength(target.cost, draft.cost(1))
+        return CostAwareLength(target.cost, draft.cost(1), config=self.policy_config)
 
-    def encode(self, prompt: str | Sequence[int] | Sequence[dict]) -> list[int]:
-        """Text, token ids, or chat messages (rendered by the chat template) -> token ids."""
+    def encode(self, prompt: str | Sequence[int] | Sequence[dict], tools: Sequence[dict] | None = None,
+               prefill: str = "") -> list[int]:
+        """Text, token ids, or chat messages (rendered by the chat template) -> token ids.
+        Messages only: `tools` (OpenAI function tools) go through the template too, and the
+        prompt ends with `prefill`, the start of the assistant's reply (runtime/tool_calls.py)."""
         if isinstance(prompt, str):
             if not prompt:
                 raise InputError("prompt is empty; give some text or a list of messages")
+            _messages_only(tools, prefill, "text")
             return self.tokenizer.encode(prompt, add_special_tokens=False)
         if isinstance(prompt, (bytes, bytearray)):  # a list of ints to Python: not token ids
             raise InputError(f"prompt is {type(prompt).__name__}; decode it to text first "
@@ -188,20 +126,27 @@ class Generator:
             bad = next((i for i, t in enumerate(items) if not 0 <= t < vocab), None)
             if bad is not None:
                 raise InputError(f"token ids must be in [0, {vocab}) (got {items[bad]} at index {bad})")
+            _messages_only(tools, prefill, "token ids")
             return [int(t) for t in items]
         messages = [_message(i, m) for i, m in enumerate(items)]
         if not self.tokenizer.chat_template:
             raise InputError(f"{self.target.path.name} has no chat template: pass the prompt as plain "
                              f"text (CLI: --raw)")
+        if tools or prefill or any(m.get("tool_calls") or m["role"] == "tool" for m in messages):
+            from .tool_calls import check_tools, render
+            return self.tokenizer.encode(render(self.tokenizer, messages, check_tools(tools), prefill))
         return list(self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
                                                        return_dict=False))
 
     def stream(self, prompt, max_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0,
                top_k: int = 0, seed: int | None = None, stop: str | Sequence[str] | None = None,
-               stats: Stats | None = None, end_tokens: Iterable[int] = ()) -> Iterator[Chunk]:
+               stats: Stats | None = None, end_tokens: Iterable[int] = (), tools: Sequence[dict] | None = None,
+               prefill: str = "") -> Iterator[Chunk]:
         """Chunks of text as the target emits them. The stream holds this Generator from its
         first step until it ends or is closed (see the class docstring).
 
+        tools, prefill: with messages, tools shown to the model and the start of its reply
+        (see encode); runtime.tool_calls.parse(prefill + text, tools) finds the calls.
         seed: one seed for the whole generation; the verifier and each sampling drafter
         draw from independent child streams of it (None: fresh entropy).
         end_tokens: token ids that end the generation besides the bundle's EOS."""
@@ -209,7 +154,7 @@ class Generator:
         if not (isinstance(max_tokens, (int, np.integer)) and max_tokens >= 1):
             raise InputError(f"max_tokens must be an integer >= 1 (got {max_tokens!r})")
         stops = _stop_strings(stop)
-        ids = self.encode(prompt)
+        ids = self.encode(prompt, tools, prefill)
         limit = self.target.max_len
         if len(ids) >= limit:
             raise InputError(f"prompt of {len(ids)} tokens does not fit the {limit}-token context "
@@ -308,7 +253,7 @@ class Generator:
         target = self.target
         wanted = ids[:-1]
         if self.reuse_cache:
-            kept = target.reuse_prefix(ids)
+            kept = target.reuse_prefix(ids, exact=True)
         else:
             kept = 0
             target.reset()
@@ -327,10 +272,11 @@ class Generator:
         return source if best else ""
 
     def _remember(self, ids: list[int]) -> None:
-        """After a call whose prefill completed: the whole sequence's rows into the LRU (the next
-        turn of this conversation extends it), the prompt's but its last token onto disk."""
+        """After a call whose prefill completed: the rows a cold prefill writes alike into the LRU
+        (the prompt's; the reply's too where the bundle has no separate prefill graph: the next
+        turn extends them), the prompt's but its last token onto disk."""
         target = self.target
-        n = min(len(target.history), target.cache.length)
+        n = min(len(target.history), target.cache.prefilled)  # rows a cold prefill writes alike
         if n < len(ids) - 1 or target.history[:len(ids) - 1] != ids[:-1]:
             return  # stopped before the prompt's rows were all written
         if self.prefix_cache is not None:
@@ -366,11 +312,20 @@ def _message(i: int, m) -> dict:
     """Message i with its content as text (content_text)."""
     if not isinstance(m, dict):
         raise InputError(f"message {i} must be a dict with 'role' and 'content' (got {type(m).__name__})")
-    if "role" not in m or "content" not in m:
+    if "role" not in m or ("content" not in m and not m.get("tool_calls")):
         raise InputError(f"message {i} needs 'role' and 'content' (got keys {list(m)})")
     if not isinstance(m["role"], str):
         raise InputError(f"message {i}: role must be a string (got {type(m['role']).__name__})")
+    if m.get("tool_calls"):  # an assistant's calls: its content may be null
+        from .tool_calls import check_message
+        content = m.get("content")
+        return check_message(i, {**m, "content": "" if content is None else content_text(i, content)})
     return m if isinstance(m["content"], str) else {**m, "content": content_text(i, m["content"])}
+
+
+def _messages_only(tools, prefill: str, got: str) -> None:
+    if tools or prefill:
+        raise InputError(f"tools and prefill need the prompt as a list of messages (got {got})")
 
 
 def content_text(i: int, content) -> str:
@@ -438,14 +393,14 @@ def load(target: str | Path, draft: str | Path | None = None, *, tree: bool = Tr
          drafter: str | None = None, threads: int | None = None, provider: str = "cpu",
          max_context: int | None = None, reuse_cache: bool = False, shared_pool: bool = False,
          huge_pages: bool = False) -> Generator:
-    """Load a target (bundle folder or preset) and optionally a draft, ready to generate.
+    """Load a target bundle folder and optionally a draft's, ready to generate. (Presets are
+    prepared into folders above the runtime: `edgespec.load` and the CLI do it, apps/prepare.py.)
 
     shared_pool: draft and target share ONNX Runtime's process-wide thread pool (about 10%
     faster speculation on a 2-core CPU); every later session of the process then shares it.
     huge_pages: move the weights onto 2 MB pages in the background after loading (faster
     steps after seconds of one core; see runtime/memory.py): for processes that generate a lot.
     """
-    from ..export.bundles import bundle_path
     drafting = draft not in (None, "none")
     # Idle threads of one session's pool spin on the cores the other session needs next:
     # with a draft model, both pools sleep when idle (ORT's process-wide pool would avoid
@@ -453,11 +408,11 @@ def load(target: str | Path, draft: str | Path | None = None, *, tree: bool = Tr
     options = SessionOptions(provider=provider, threads=threads, max_context=max_context,
                              spin=shared_pool or not drafting, shared_pool=shared_pool and drafting,
                              huge_pages=huge_pages)
-    target_session = Session(bundle_path(target), options)
+    target_session = Session(target, options)
     draft_session = None
     if drafting:
         # A draft with a frequent-token head drafts through it; the cross-vocabulary drafter
         # decodes the draft's own tokens to text, so it keeps the full head.
-        draft_session = Session(bundle_path(draft), options, head="full" if drafter == "cross" else "draft")
+        draft_session = Session(draft, options, head="full" if drafter == "cross" else "draft")
     return Generator(target_session, draft_session, tree=tree, budget=budget, drafter=drafter,
                      reuse_cache=reuse_cache)

@@ -56,8 +56,9 @@ from typing import Sequence
 
 import numpy as np
 
-from ..export.errors import InputError
+from ..contract.errors import InputError
 from .policy import DraftLength
+from .policy_config import DEFAULT, PolicyConfig
 from .session import Session
 from .tree import DraftTree
 from .verify import Verdict
@@ -68,18 +69,25 @@ _BAD = "\ufffd"  # what decode gives for an incomplete UTF-8 sequence
 class CrossVocabDrafter:
     name = "cross"
 
-    def __init__(self, session: Session, draft_tokenizer, target_tokenizer, max_draft: int = 6,
-                 min_confidence: float = 0.3, window: int = 32, length: DraftLength | None = None):
+    def __init__(self, session: Session, draft_tokenizer, target_tokenizer, max_draft: int | None = None,
+                 min_confidence: float | None = None, window: int | None = None, length: DraftLength | None = None,
+                 config: PolicyConfig = DEFAULT):
+        """max_draft, min_confidence, window: this drafter's own (None: the config's cross_max_draft,
+        heuristic_min_confidence, cross_window)."""
+        max_draft = config.cross_max_draft if max_draft is None else max_draft
+        min_confidence = config.heuristic_min_confidence if min_confidence is None else min_confidence
+        window = config.cross_window if window is None else window
         if max_draft < 1 or window < 2:
             raise InputError(f"max_draft must be >= 1 and window >= 2 (got max_draft={max_draft}, "
                              f"window={window})")
         self.session = session
+        self.config = config
         self.draft_tok = draft_tokenizer
         self.target_tok = target_tokenizer
         self.max_draft = max_draft
         self.min_confidence = min_confidence
         self.window = window
-        self.length = length or DraftLength(k=max_draft, k_max=max_draft)
+        self.length = length or DraftLength(k=max_draft, k_min=config.heuristic_k_min, k_max=max_draft)
         self._drafted = 0
         self.reset()
 
@@ -109,7 +117,8 @@ class CrossVocabDrafter:
             self._stable, self._stable_ids, a = [], [], 0
         if len(context) - a > 2 * self.window:  # grow the stable prefix by whole windows
             tail = list(context[a:])
-            for cut in range(len(tail) - self.window, len(tail) - self.window - 8, -1):
+            first = len(tail) - self.window  # the longest prefix that leaves a window's tail
+            for cut in range(first, first - self.config.cross_split_search, -1):
                 if self._splits_cleanly(tail, cut):
                     self._stable_ids += self._encode_draft(self._decode_target(tail[:cut]))
                     self._stable = list(context[:a + cut])
@@ -123,7 +132,8 @@ class CrossVocabDrafter:
     def _to_target(self, context: Sequence[int], drafted: str) -> list[int]:
         """Target tokens that the drafted text adds after the context ([] if they don't line up)."""
         start = max(len(context) - self.window, 0)
-        for _ in range(3):  # move the anchor past a non-canonical split or a cut character
+        # move the anchor past a non-canonical split or a cut character
+        for _ in range(self.config.cross_anchor_tries):
             anchor = list(context[start:])
             ids = self.target_tok.encode(self._decode_target(anchor) + drafted, add_special_tokens=False)
             k = len(anchor)
@@ -161,7 +171,7 @@ class CrossVocabDrafter:
             self.session.history.append(best)
         # Decode the drafted ids after a few context ids, so spaces and characters that depend
         # on the previous token come out right; cut an incomplete character at the end.
-        lead = ids[-4:]
+        lead = ids[-self.config.cross_lead_ids:]
         before = self.draft_tok.decode(lead, skip_special_tokens=False, clean_up_tokenization_spaces=False)
         full = self.draft_tok.decode(lead + out, skip_special_tokens=False, clean_up_tokenization_spaces=False)
         if not full.startswith(before):

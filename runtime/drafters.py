@@ -18,7 +18,7 @@ from typing import Callable, Protocol, Sequence
 
 import numpy as np
 
-from ..export.errors import InputError
+from ..contract.errors import InputError
 from .sampling import SamplingParams, probabilities, sample
 from .session import Session
 from .policy import CostAwareLength, DraftLength

@@ -25,7 +25,8 @@ import re
 from dataclasses import dataclass
 from typing import Iterator, NamedTuple, Sequence
 
-from ..export.errors import InputError
+from ..contract.errors import InputError
+from .results import Chunk, Stats
 
 # The special tokens' spellings per tokenizer family; all of them use PSM order.
 SPELLINGS = (
@@ -175,7 +176,6 @@ def middle_starts_line(prefix: str) -> bool:
 def stream_middle(gen, prefix: str, suffix: str, extra: Sequence[tuple[str, str]] | None = None, *,
                   stats=None, **sampling) -> Iterator:
     """Chunks of the middle from `gen` (a runtime.api.Generator); see Generator.stream_fim."""
-    from .api import Chunk, Stats
     tokens = fim_tokens(gen.tokenizer)
     ids = prompt_ids(gen.tokenizer, tokens, prefix, suffix, extra)
     cut = SuffixStop(suffix, middle_starts_line(prefix))

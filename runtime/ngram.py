@@ -12,13 +12,23 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from ..export.errors import InputError
+from ..contract.errors import InputError
+from .policy_config import DEFAULT, PolicyConfig
 from .tree import DraftTree
 
 
 class NgramDrafter:
-    def __init__(self, max_ngram: int = 4, min_ngram: int = 2, max_draft: int = 10,
-                 max_branches: int = 2, max_matches: int = 16, short_draft: int = 3, long_match: int = 4):
+    def __init__(self, max_ngram: int | None = None, min_ngram: int | None = None, max_draft: int | None = None,
+                 max_branches: int | None = None, max_matches: int | None = None, short_draft: int | None = None,
+                 long_match: int | None = None, config: PolicyConfig = DEFAULT):
+        """Each limit left None is the config's (lookup_max_ngram, lookup_min_ngram, ...)."""
+        max_ngram = config.lookup_max_ngram if max_ngram is None else max_ngram
+        min_ngram = config.lookup_min_ngram if min_ngram is None else min_ngram
+        max_draft = config.lookup_max_draft if max_draft is None else max_draft
+        max_branches = config.lookup_max_branches if max_branches is None else max_branches
+        max_matches = config.lookup_max_matches if max_matches is None else max_matches
+        short_draft = config.lookup_short_draft if short_draft is None else short_draft
+        long_match = config.lookup_long_match if long_match is None else long_match
         if not 1 <= min_ngram <= max_ngram:
             raise InputError(f"need 1 <= min_ngram <= max_ngram (got min_ngram={min_ngram}, "
                              f"max_ngram={max_ngram})")

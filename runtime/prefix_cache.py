@@ -20,7 +20,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..export.errors import InputError
+from ..contract.errors import InputError
 
 
 @dataclass

@@ -8,7 +8,7 @@ headers hold the token ids themselves, so the match is the exact longest common 
 hash collision cannot return a wrong one. A file is used only after every check passes (format
 version, bundle identity, shapes and dtype, length, sha256 of tokens and rows); one that fails
 is ignored with a warning and replaced by the next write of its prompt. Files are written
-atomically (export/files.py); the folder stays under its byte bound by removing the files used
+atomically (contract/files.py); the folder stays under its byte bound by removing the files used
 least recently (a hit touches its file).
 
 Only prompts of at least `min_tokens` (256) are stored: shorter ones are mostly one-off
@@ -29,7 +29,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..export.errors import EdgespecError, InputError
+from ..contract.errors import EdgespecError, InputError
 from .prefix_cache import KVRows, common_prefix, token_array
 
 FORMAT = "edgespec-prompt-cache"
@@ -39,7 +39,7 @@ MIN_TOKENS = 256
 BLOCK = 64  # tokens hashed into a file's name: past a chat template's preamble (~20 for Qwen)
 MAX_BYTES = 2 << 30
 _LENGTH = struct.Struct("<I")  # header bytes after the magic
-_TEMP = re.compile(r"^\..+\.tmp-(?P<pid>\d+)-[0-9a-f]+\.kv$")  # export/files.replacing's temporaries
+_TEMP = re.compile(r"^\..+\.tmp-(?P<pid>\d+)-[0-9a-f]+\.kv$")  # contract/files.replacing's temporaries
 
 
 class PromptCacheWarning(UserWarning):
@@ -51,7 +51,7 @@ class _Unusable(Exception):
 
 
 def prompts_dir() -> Path:
-    from ..export.cache import cache_dir
+    from ..contract.cache import cache_dir
     return cache_dir("prompts")
 
 
@@ -201,7 +201,7 @@ class PromptStore:
                              "dtype": self.dtype.str, "tokens": len(ids),
                              "payload_bytes": sum(p.nbytes for p in parts), "sha256": digest.hexdigest()}).encode()
         path = self.folder / f"{self._prefix(ids)}{_hash(ids)[:32]}.kv"
-        from ..export.files import replacing
+        from ..contract.files import replacing
         try:
             with replacing(path) as tmp, open(tmp, "wb") as f:
                 f.write(MAGIC + _LENGTH.pack(len(header)) + header)
@@ -250,7 +250,7 @@ class PromptStore:
     def _evict(self, keep: Path) -> None:
         """Remove the least recently used files (of any bundle) until the folder fits its bound;
         and temporaries of writers that were killed."""
-        from ..export.files import owner_alive
+        from ..contract.files import owner_alive
         files = []
         for entry in self.folder.iterdir():
             temp = _TEMP.match(entry.name)

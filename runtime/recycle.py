@@ -14,16 +14,20 @@ from typing import Sequence
 
 import numpy as np
 
+from .policy_config import DEFAULT, PolicyConfig
 from .tree import DraftTree
 
 
 class RecycleDrafter:
     name = "recycle"
 
-    def __init__(self, vocab_size: int, k: int = 8, rank_decay: float = 0.45):
-        self.k = k
-        self.rank_decay = rank_decay  # prior weight of the r-th candidate: rank_decay ** r
-        self.table = np.full((vocab_size, k), -1, dtype=np.int32)  # [vocab, k]
+    def __init__(self, vocab_size: int, k: int | None = None, rank_decay: float | None = None,
+                 config: PolicyConfig = DEFAULT):
+        """k, rank_decay: this table's own (None: the config's recycle_width, recycle_rank_decay)."""
+        self.k = config.recycle_width if k is None else k
+        # prior weight of the r-th candidate: rank_decay ** r
+        self.rank_decay = config.recycle_rank_decay if rank_decay is None else rank_decay
+        self.table = np.full((vocab_size, self.k), -1, dtype=np.int32)  # [vocab, k]
 
     @property
     def nbytes(self) -> int:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..export.errors import InputError
+from ..contract.errors import InputError
 
 
 @dataclass(frozen=True)

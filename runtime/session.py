@@ -16,9 +16,9 @@ import numpy as np
 import onnxruntime as ort
 from onnxruntime.capi import onnxruntime_pybind11_state as _ort_state
 
-from ..export.errors import BundleError, InputError
-from ..export.integrity import check_graph, verify
-from ..export.manifest import Manifest, read_manifest
+from ..contract.errors import BundleError, InputError
+from ..contract.integrity import check_graph, verify
+from ..contract.manifest import Manifest, read_manifest
 from .memory import collapse_to_huge_pages, released_while_loading, zeros_on_demand
 
 
@@ -45,6 +45,15 @@ class KVCache:
         self.value_values = [ort.OrtValue.ortvalue_from_numpy(a) for a in self.values]
         self.max_len = max_len
         self.length = 0
+        # Leading rows a cold prefill of the same tokens would write identically: rows of the
+        # prompt graph (Session.prefill) where a bundle has one, else every row. Only these are
+        # reused across calls, so a warm start gives the tokens a cold one gives.
+        self.prefilled = 0
+
+    def wrote(self, start: int, stop: int, prefill: bool) -> None:
+        """Rows start..stop were written by a pass of the prompt graph (prefill) or not."""
+        self.length = stop
+        self.prefilled = stop if prefill and self.prefilled >= start else min(self.prefilled, start)
 
     @property
     def nbytes(self) -> int:
@@ -64,12 +73,14 @@ class KVCache:
             for a in self.keys + self.values:
                 a[:, :, start:start + n] = a[:, :, src]  # fancy index copies first: overlap-safe
         self.length = start + n
+        self.prefilled = min(self.prefilled, self.length)
 
     def rewind(self, n: int) -> None:
         """Forget the last n rows."""
         if not 0 <= n <= self.length:
             raise InputError(f"cannot rewind {n} of {self.length} cached tokens")
         self.length -= n
+        self.prefilled = min(self.prefilled, self.length)
 
     @property
     def row_nbytes(self) -> int:
@@ -84,12 +95,13 @@ class KVCache:
 
     def write_rows(self, keys: np.ndarray, values: np.ndarray, start: int, stop: int) -> None:
         """Rows start..stop of keys, values [layers, kv_heads, >= stop, head_dim] into place; the
-        cache then holds `stop` rows (rows before `start` already hold the same prefix)."""
+        cache then holds `stop` rows (rows before `start` already hold the same prefix). The rows
+        come from prefix caches, which keep prefilled rows only."""
         assert 0 <= start <= min(self.length, stop) and stop <= min(self.max_len, keys.shape[2]), (start, stop)
         for layer, (k, v) in enumerate(zip(self.keys, self.values)):
             k[0, :, start:stop] = keys[layer, :, start:stop]
             v[0, :, start:stop] = values[layer, :, start:stop]
-        self.length = stop
+        self.wrote(start, stop, prefill=True)
 
 
 @dataclass
@@ -105,6 +117,9 @@ class SessionOptions:
     # Move the prepacked weights onto 2 MB pages after loading, in a background thread: faster
     # steps for seconds of one core, so for long-lived processes (memory.collapse_to_huge_pages).
     huge_pages: bool = False
+    # Prompts through the bundle's int8 prefill graph when it has one (export/prefill_graph.py):
+    # 2-4x faster prefill, each prompt row computed with int8 weights and activations.
+    int8_prefill: bool = True
 
 
 # What ONNX Runtime raises (each class derives from Exception alone) for a model it cannot
@@ -156,7 +171,7 @@ class Session:
         self.path = Path(bundle)
         self.manifest = manifest or read_manifest(self.path)
         m = self.manifest
-        verify(self.path, m)  # sizes, and contents unless stamped as verified (export/integrity.py)
+        verify(self.path, m)  # sizes, and contents unless stamped as verified (contract/integrity.py)
         self.model_file = m.model_file
         self.logit_ids: np.ndarray | None = None  # [logit columns] token id of each; None: all
         if head == "draft" and m.draft_head:
@@ -178,16 +193,10 @@ class Session:
             so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.threads = threads
         self.providers = session_providers(options.provider)
-        model_path = self.path / self.model_file
-        # Constant folding would copy a tied embedding's weights (the builder reshapes the LM
-        # head's int4 blocks for the Gather): 116 MB more at load for the 1.5B, no speed gained.
+        prefill_file = (m.prefill_graph or {}).get("model_file") if head == "full" and options.int8_prefill else None
         with released_while_loading(self.path.glob("*.data")) as filled:
-            try:
-                self.sess = ort.InferenceSession(str(model_path), so, providers=self.providers,
-                                                 disabled_optimizers=["ConstantFolding"])
-            except _ORT_LOAD_ERRORS as e:
-                raise BundleError(f"cannot load {model_path}: {_ort_message(e)}; re-export the bundle") from None
-        check_graph(self.sess, m, self.path, self.model_file)  # the manifest against the graph
+            self.sess = self._load(self.model_file, so)
+            self.prefill_sess = self._load(prefill_file, so) if prefill_file else None
         self.huge_pages = collapse_to_huge_pages(filled) if options.huge_pages else None  # a thread
         self.dtype = np.dtype(m.io_dtype)
         self.max_len = min(options.max_context or m.max_context, m.max_context)
@@ -198,20 +207,37 @@ class Session:
         self._past = [(names["past_key"] % i, names["past_value"] % i) for i in range(m.num_layers)]
         self._present = [(m.outputs["present_key"] % i, m.outputs["present_value"] % i)
                          for i in range(m.num_layers)]
-        # The cache buffers never move, so they are bound once: past and present alike.
-        self._binding = self.sess.io_binding()
-        self._binding.bind_output(m.outputs["logits"])  # first, so it stays output 0
         self._num_logits = m.inputs.get("num_logits")  # graphs that can skip the head on early rows
+        self._binding = self._bind(self.sess)
+        self._prefill_binding = self._bind(self.prefill_sess) if self.prefill_sess else None
+
+    def _load(self, model_file: str, so: "ort.SessionOptions"):
+        model_path = self.path / model_file
+        try:
+            # Constant folding would copy a tied embedding's weights (the builder reshapes the LM
+            # head's int4 blocks for the Gather): 116 MB more at load for the 1.5B, no speed gained.
+            sess = ort.InferenceSession(str(model_path), so, providers=self.providers,
+                                        disabled_optimizers=["ConstantFolding"])
+        except _ORT_LOAD_ERRORS as e:
+            raise BundleError(f"cannot load {model_path}: {_ort_message(e)}; re-export the bundle") from None
+        check_graph(sess, self.manifest, self.path, model_file)  # the manifest against the graph
+        return sess
+
+    def _bind(self, sess):
+        """The cache buffers never move, so they are bound once: past and present alike (both
+        graphs of a bundle read and write the same buffers)."""
+        binding = sess.io_binding()
+        binding.bind_output(self.manifest.outputs["logits"])  # first, so it stays output 0
         for layer, ((pk, pv), (ok, ov)) in enumerate(zip(self._past, self._present)):
             k, v = self.cache.key_values[layer], self.cache.value_values[layer]
-            self._binding.bind_ortvalue_input(pk, k)
-            self._binding.bind_ortvalue_input(pv, v)
-            self._binding.bind_ortvalue_output(ok, k)
-            self._binding.bind_ortvalue_output(ov, v)
+            binding.bind_ortvalue_input(pk, k)
+            binding.bind_ortvalue_input(pv, v)
+            binding.bind_ortvalue_output(ok, k)
+            binding.bind_ortvalue_output(ov, v)
+        return binding
 
-    def _logits_output(self):
+    def _logits_output(self, b):
         """Output 0 of the last run, without wrapping all 57 outputs (0.25 ms a step in Python)."""
-        b = self._binding
         if hasattr(b, "get_outputs_as_ortvaluevector"):  # onnxruntime >= 1.23
             return b.get_outputs_as_ortvaluevector()[0]
         return b.get_outputs()[0]
@@ -220,7 +246,8 @@ class Session:
     def vocab_size(self) -> int:
         return self.manifest.vocab_size
 
-    def forward(self, tokens, positions=None, bias=None, last: int | None = None) -> np.ndarray:
+    def forward(self, tokens, positions=None, bias=None, last: int | None = None,
+                prompt: bool = False) -> np.ndarray:
         """Run `tokens` after the cached ones; return logits [S, vocab] (float32).
 
         last: only the last `last` rows of logits are needed ([last, vocab] is returned
@@ -228,6 +255,7 @@ class Session:
 
         positions: int64 [S] absolute positions (default: a chain after the cache).
         bias: float [S, cache.length + S] additive attention bias (default: causal).
+        prompt: run the bundle's prefill graph, if it has one (prefill's passes).
         The new rows land at cache.length.. and cache.length grows by S.
         """
         tokens = np.asarray(tokens, dtype=np.int64).reshape(1, -1)  # [1, S]
@@ -242,7 +270,8 @@ class Session:
         if bias is None:
             bias = causal_bias(past, s, self.dtype)
         m = self.manifest
-        b = self._binding
+        prompt = prompt and self._prefill_binding is not None
+        b = self._prefill_binding if prompt else self._binding
         b.bind_cpu_input(m.inputs["input_ids"], tokens)
         b.bind_cpu_input(m.inputs["attention_mask"], np.ones((1, total), np.int64))  # [1, T]
         b.bind_cpu_input(m.inputs["position_ids"], np.asarray(positions, np.int64).reshape(1, s))  # [1, S]
@@ -251,9 +280,9 @@ class Session:
         if self._num_logits:
             b.bind_cpu_input(self._num_logits, np.array([min(last or s, s)], np.int64))  # [1]
         b.bind_output(m.outputs["logits"])
-        self.sess.run_with_iobinding(b)
-        self.cache.length = total
-        logits = self._logits_output().numpy()[0]  # [S, vocab]
+        (self.prefill_sess if prompt else self.sess).run_with_iobinding(b)
+        self.cache.wrote(past, total, prefill=prompt or self.prefill_sess is None)
+        logits = self._logits_output(b).numpy()[0]  # [S, vocab]
         return logits.astype(np.float32, copy=False)
 
     def prefill(self, tokens, chunk: int | None = None) -> np.ndarray:
@@ -270,11 +299,20 @@ class Session:
         if not (isinstance(chunk, (int, np.integer)) and chunk >= 1):
             raise InputError(f"prefill chunk must be an integer >= 1 (got {chunk!r})")
         for i in range(0, len(tokens), chunk):
-            logits = self.forward(tokens[i:i + chunk], last=1)  # [1, vocab]
+            part = tokens[i:i + chunk]
+            if len(part) == 1 and self.prefill_sess is not None:
+                # One-row passes take other kernels, whose float rounding can tip an int8
+                # rounding: pass the token twice and drop the copy, so every row of the prompt
+                # graph is computed alike and passes of any size write the same KV.
+                logits = self.forward(part * 2, last=2, prompt=True)[:1]
+                self.cache.rewind(1)
+                self.cache.prefilled = self.cache.length
+            else:
+                logits = self.forward(part, last=1, prompt=True)  # [1, vocab]
         return logits[-1]
 
     def reset(self) -> None:
-        self.cache.length = 0
+        self.cache.length = self.cache.prefilled = 0
         self.history = []
 
     def score(self, tokens) -> np.ndarray:
@@ -295,16 +333,28 @@ class Session:
         self.history = tokens
         return logits
 
-    def reuse_prefix(self, tokens) -> int:
+    def reuse_prefix(self, tokens, exact: bool = False) -> int:
         """Keep the cached rows that match the start of `tokens` (at most all but the last);
-        return how many. A conversation's next turn then prefills only what is new."""
+        return how many. A conversation's next turn then prefills only what is new.
+        exact: keep only rows a cold prefill would write identically (cache.prefilled), so the
+        call's tokens do not depend on what ran before; drafters keep every row."""
         tokens = list(tokens)
         n = min(len(self.history), len(tokens) - 1, self.cache.length)
+        if exact:
+            n = min(n, self.cache.prefilled)
         if self.history[:n] != tokens[:n]:
             n = next(i for i in range(n) if self.history[i] != tokens[i])
         self.cache.rewind(self.cache.length - n)
         self.history = tokens[:n]
         return n
+
+
+def bundle_logits(bundle: Path, manifest: Manifest, token_lists: list[list[int]],
+                  threads: int | None = None) -> list[np.ndarray]:
+    """Logits [S, vocab] of each token list from an empty cache: how export's parity check runs a
+    bundle it has just built (export/parity.py's BundleLogits; export does not import the runtime)."""
+    session = Session(bundle, SessionOptions(threads=threads), manifest=manifest)
+    return [session.score(ids) for ids in token_lists]
 
 
 def causal_bias(past: int, s: int, dtype=np.float32) -> np.ndarray:

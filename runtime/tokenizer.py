@@ -12,7 +12,7 @@ import json
 from datetime import datetime
 from pathlib import Path
 
-from ..export.errors import BundleError, EdgespecError, InputError
+from ..contract.errors import BundleError, EdgespecError, InputError
 
 
 class BundleTokenizer:

@@ -21,7 +21,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..export.errors import InputError
+from ..contract.errors import InputError
 
 
 class DraftTree:

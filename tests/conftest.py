@@ -23,8 +23,9 @@ def _isolated_cache(tmp_path_factory):
 
 def _export(hf: Path, out: Path, precision: str) -> Path:
     from edgespec.export.pipeline import ExportOptions, export
-    from edgespec.quant.recipes import Recipe
-    export(str(hf), out, ExportOptions(recipe=Recipe(precision), force=True))
+    from edgespec.export.recipes import Recipe
+    from edgespec.runtime.session import bundle_logits
+    export(str(hf), out, ExportOptions(recipe=Recipe(precision), force=True, parity=bundle_logits))
     return out
 
 

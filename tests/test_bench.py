@@ -30,7 +30,7 @@ PROMPTS = [  # short: the tiny models have a 512-token context and a 320-token b
 def bench_bundles(tmp_path_factory) -> tuple[Path, Path]:
     """A tiny qwen2 target and a llama draft with the same tokenizer, exported fp32."""
     from edgespec.export.pipeline import ExportOptions, export
-    from edgespec.quant.recipes import Recipe
+    from edgespec.export.recipes import Recipe
     root = tmp_path_factory.mktemp("bench")
     out = []
     for name, arch, seed in [("target", "qwen2", 0), ("draft", "llama", 1)]:
@@ -170,8 +170,8 @@ def test_genai_anchors_can_run_another_bundle_of_the_same_tokenizer(bench_bundle
     are the draft's own greedy ones, not the target's); another tokenizer is refused by name."""
     import shutil
     from edgespec.apps.bench import run_suite
-    from edgespec.export.errors import InputError
-    from edgespec.export.manifest import read_manifest
+    from edgespec.contract.errors import InputError
+    from edgespec.contract.manifest import read_manifest
     target, other = bench_bundles
     result = run_suite(target, None, modes=["plain", "genai"], prompts=PROMPTS[:1], max_tokens=12, repeats=1,
                        warmup=0, threads=1, progress=False, genai_target=other)
@@ -194,7 +194,7 @@ def test_genai_anchors_can_run_another_bundle_of_the_same_tokenizer(bench_bundle
 
 def test_draft_modes_without_a_draft_are_refused(bench_bundles):
     from edgespec.apps.bench import run_suite
-    from edgespec.export.errors import EdgespecError
+    from edgespec.contract.errors import EdgespecError
     with pytest.raises(EdgespecError, match="need a draft"):
         run_suite(bench_bundles[0], None, modes=["plain", "tree"], prompts=PROMPTS, progress=False)
     with pytest.raises(ValueError, match="unknown modes"):
@@ -203,7 +203,6 @@ def test_draft_modes_without_a_draft_are_refused(bench_bundles):
 
 def test_bench_command_writes_json_and_png(bench_bundles, tmp_path):
     from click.testing import CliRunner
-    from edgespec.apps import bench_cmd  # noqa: F401  (registers the command)
     from edgespec.apps.cli import cli
     target, draft = bench_bundles
     suite = tmp_path / "suite.json"
@@ -267,7 +266,7 @@ def long_target(bench_bundles, tmp_path_factory) -> Path:
     tokens), exported fp32."""
     import shutil
     from edgespec.export.pipeline import ExportOptions, export
-    from edgespec.quant.recipes import Recipe
+    from edgespec.export.recipes import Recipe
     root = tmp_path_factory.mktemp("long")
     hf = shutil.copytree(bench_bundles[0].parent / "hf-target", root / "hf")
     config = json.loads((hf / "config.json").read_text())
@@ -344,7 +343,6 @@ def test_bench_long_category_prints_waits_and_plots_them(long_target, tmp_path):
     """`--categories long` runs the long suite (--quick: its shortest prompt); the table shows
     TTFT, prefill, e2e and the prefix-reuse row; JSON and the PNG carry them."""
     from click.testing import CliRunner
-    from edgespec.apps import bench_cmd  # noqa: F401  (registers the command)
     from edgespec.apps.cli import cli
     out_json, out_png = tmp_path / "bench.json", tmp_path / "bench.png"
     result = CliRunner().invoke(cli, ["bench", "--target", str(long_target), "--draft", "none", "--categories",
@@ -366,7 +364,7 @@ def test_a_prompt_and_reply_beyond_the_context_are_refused(bench_bundles):
     import re
     from transformers import AutoTokenizer
     from edgespec.apps.bench import run_suite
-    from edgespec.export.errors import InputError
+    from edgespec.contract.errors import InputError
     target = bench_bundles[0]
     tok = AutoTokenizer.from_pretrained(str(target))
     long = _long_prompts()[0]

@@ -13,8 +13,8 @@ import shutil
 import pytest
 from click.testing import CliRunner
 
-from edgespec.export.errors import BundleError
-from edgespec.export.manifest import read_manifest
+from edgespec.contract.errors import BundleError
+from edgespec.contract.manifest import read_manifest
 from edgespec.export.upgrade import upgrade
 from edgespec.runtime.session import Session
 from edgespec.runtime.tokenizer import BundleTokenizer
@@ -44,7 +44,7 @@ def _flip_byte(path, offset):
 
 
 def _count_hashes(monkeypatch) -> list:
-    from edgespec.export import integrity
+    from edgespec.contract import integrity
     hashed = []
     real = integrity.file_sha256
 
@@ -209,7 +209,6 @@ def test_upgrade_records_an_old_bundle_once_and_never_records_damage(bundle, cap
 
 
 def test_cli_names_the_damaged_file_on_one_line(bundle):
-    from edgespec.apps import run_cmd  # noqa: F401
     from edgespec.apps.cli import cli
     data = bundle / "model.onnx.data"
     os.truncate(data, 100)

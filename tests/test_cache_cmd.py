@@ -9,9 +9,8 @@ import subprocess
 import sys
 
 from click.testing import CliRunner
-
-from edgespec.apps import cache_cmd  # noqa: F401  (registers the command)
 from edgespec.apps.cli import cli
+from edgespec.contract.cache import cache_dir
 from edgespec.export import cache, presets
 from edgespec.export.bundles import preset_bundle_dir
 
@@ -38,7 +37,7 @@ def test_cache_lists_sizes_and_prunes_only_what_can_be_rebuilt(tmp_path, monkeyp
     shutil.copytree(tiny_bundle, current)
     outdated = cache.bundles_dir() / "smollm2-135m-int8"
     shutil.copytree(tiny_bundle, outdated)
-    stamps = cache.cache_dir("verified")
+    stamps = cache_dir("verified")
     (stamps / "a.json").write_text(json.dumps({"bundle": str(current), "files": {}}))
     (stamps / "b.json").write_text(json.dumps({"bundle": str(tmp_path / "gone"), "files": {}}))
 

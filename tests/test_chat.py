@@ -123,7 +123,6 @@ def test_ctrl_c_stops_the_answer_and_the_session_survives(slow_bundle, tmp_path)
 
 def test_piped_chat_and_exit(tiny_bundle):
     """Without a terminal: lines from stdin, plain text out, a trailing \\ continues a line."""
-    from edgespec.apps import chat_cmd  # noqa: F401  (registers the command)
     from edgespec.apps.cli import cli
     result = CliRunner().invoke(cli, ["chat", "--target", str(tiny_bundle), "--draft", "none",
                                       "--max-tokens", "8"],
@@ -176,7 +175,7 @@ def test_closed_reply_keeps_partial_text(tiny_bundle):
 
 
 def test_load_accepts_plain_message_lists(tiny_bundle, tmp_path):
-    from edgespec.export.errors import EdgespecError
+    from edgespec.contract.errors import EdgespecError
     chat = _small_chat(tiny_bundle, 512)
     path = tmp_path / "msgs.json"
     path.write_text(json.dumps([{"role": "system", "content": "S"}, {"role": "user", "content": "hi"},

@@ -9,8 +9,6 @@ import sys
 
 import pytest
 from click.testing import CliRunner
-
-from edgespec.apps import bench_cmd, chat_cmd, devices_cmd, export_cmd, quality_cmd, run_cmd, serve_cmd  # noqa: F401
 from edgespec.apps.cli import cli
 
 # `edgespec` as the console script runs it: main() owns the process and its stdout.
@@ -61,7 +59,7 @@ def test_a_bug_keeps_its_traceback_and_a_user_error_is_one_line(tiny_bundle):
     """A ValueError from the code is a bug, shown with its traceback; EdgespecError is one line."""
     def run_with_load_raising(error: str):
         patch = (f"import edgespec.runtime.api as api\n"
-                 f"from edgespec.export.errors import EdgespecError\n"
+                 f"from edgespec.contract.errors import EdgespecError\n"
                  f"def load(*a, **k): raise {error}\n"
                  f"api.load = load\n"
                  f"from edgespec.apps.cli import main; main()\n")

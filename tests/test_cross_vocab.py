@@ -31,11 +31,11 @@ def target_tok(tiny_bundle):
 def cross_draft(tmp_path_factory):
     """A draft with a different byte-level BPE (vocab 300: fewer merges, other special ids)."""
     from edgespec.export.pipeline import ExportOptions, export
-    from edgespec.quant.recipes import Recipe
+    from edgespec.export.recipes import Recipe
     tmp = tmp_path_factory.mktemp("cross")
     hf = make_hf_model(tmp / "x", "llama", seed=2, vocab_size=300, train_steps=100)  # 60: no agreement
     out = tmp / "x-fp32"
-    export(str(hf), out, ExportOptions(recipe=Recipe("fp32"), parity=False))
+    export(str(hf), out, ExportOptions(recipe=Recipe("fp32")))
     return Session(out)
 
 

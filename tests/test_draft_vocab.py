@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from edgespec.export.draft_vocab import rank_tokens, write_draft_head
-from edgespec.export.manifest import read_manifest
+from edgespec.contract.manifest import read_manifest
 from edgespec.export.tree_attention import rewrite_file
 from edgespec.export.upgrade import upgrade
 from edgespec.runtime.api import Generator

@@ -10,8 +10,8 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from edgespec.export.manifest import read_manifest
-from edgespec.runtime.session import Session
+from edgespec.contract.manifest import prefill_graph_bytes, read_manifest
+from edgespec.runtime.session import Session, bundle_logits
 from edgespec.runtime.tree import DraftTree
 
 LOGIT_TOL = 1e-4  # fp32 bundle vs torch, absolute, on logits of magnitude ~10
@@ -96,7 +96,9 @@ def test_int4_top1_agreement(tiny_bundle, tiny_int4_bundle):
     m = read_manifest(tiny_int4_bundle)
     assert m.quant == {"precision": "int4", "block_size": 32, "accuracy_level": 4, "symmetric": True,
                        "algo": "rtn"}
-    assert m.sizes["bundle_bytes"] < read_manifest(tiny_bundle).sizes["bundle_bytes"] / 2
+    prefill = prefill_graph_bytes(tiny_int4_bundle, m)  # int8 products for prompts (export/prefill_graph.py)
+    assert 0 < prefill < m.sizes["bundle_bytes"]
+    assert m.sizes["bundle_bytes"] - prefill < read_manifest(tiny_bundle).sizes["bundle_bytes"] / 2
 
 
 def test_k_quant_fits_a_zero_point_per_block_and_stays_faithful(tiny_hf, tiny_bundle, tiny_int4_bundle, tmp_path):
@@ -106,8 +108,8 @@ def test_k_quant_fits_a_zero_point_per_block_and_stays_faithful(tiny_hf, tiny_bu
     k_quant's closer logits agreed on 52 of 66 positions where rtn's agreed on 56.)"""
     import onnx
     from edgespec.export.pipeline import ExportOptions, export
-    from edgespec.quant.recipes import Recipe
-    m = export(str(tiny_hf), tmp_path / "k", ExportOptions(recipe=Recipe("int4", algo="k_quant"), parity=False))
+    from edgespec.export.recipes import Recipe
+    m = export(str(tiny_hf), tmp_path / "k", ExportOptions(recipe=Recipe("int4", algo="k_quant")))
     assert m.quant["algo"] == "k_quant"
     graph = onnx.load(tmp_path / "k" / m.model_file, load_external_data=False).graph
     matmuls = [n for n in graph.node if n.op_type == "MatMulNBits"]
@@ -141,8 +143,8 @@ def test_manifest_is_complete(tiny_bundle):
 
 def test_fp16_bundle_runs_tree_attention(tiny_hf, tmp_path):
     from edgespec.export.pipeline import ExportOptions, export
-    from edgespec.quant.recipes import Recipe
-    m = export(str(tiny_hf), tmp_path / "fp16", ExportOptions(recipe=Recipe("fp16")))
+    from edgespec.export.recipes import Recipe
+    m = export(str(tiny_hf), tmp_path / "fp16", ExportOptions(recipe=Recipe("fp16"), parity=bundle_logits))
     assert m.io_dtype == "float16" and m.parity["top1_agreement"] > 0.9
     s = Session(tmp_path / "fp16")
     s.prefill(PROMPT)
@@ -156,7 +158,6 @@ def test_fp16_bundle_runs_tree_attention(tiny_hf, tmp_path):
 # -- bad input: specific message, exit 1, no traceback, nothing half-written --------------------
 
 def cli_export(*args):
-    from edgespec.apps import export_cmd  # noqa: F401
     from edgespec.apps.cli import cli
     return CliRunner().invoke(cli, ["export", *map(str, args)])
 
@@ -208,5 +209,5 @@ def test_interrupted_export_leaves_nothing(tiny_hf, tmp_path, monkeypatch):
 
     monkeypatch.setattr(pipeline, "parity_report", boom)
     with pytest.raises(KeyboardInterrupt):
-        pipeline.export(str(tiny_hf), tmp_path / "out", pipeline.ExportOptions())
+        pipeline.export(str(tiny_hf), tmp_path / "out", pipeline.ExportOptions(parity=bundle_logits))
     assert list(tmp_path.iterdir()) == []

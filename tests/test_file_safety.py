@@ -19,14 +19,15 @@ import psutil
 import pytest
 from click.testing import CliRunner
 
-from edgespec.export import bundles, cache, files, gguf_export, pipeline, presets
-from edgespec.export.errors import EdgespecError
-from edgespec.export.manifest import MANIFEST_NAME, read_manifest
-from edgespec.quant.recipes import Recipe
+from edgespec.apps.prepare import bundle_path
+from edgespec.contract import files
+from edgespec.export import bundles, cache, gguf_export, pipeline, presets
+from edgespec.contract.errors import EdgespecError
+from edgespec.contract.manifest import MANIFEST_NAME, read_manifest
+from edgespec.export.recipes import Recipe
 
 
 def cli_export(*args):
-    from edgespec.apps import export_cmd  # noqa: F401
     from edgespec.apps.cli import cli
     return CliRunner().invoke(cli, ["export", *map(str, args)])
 
@@ -108,7 +109,7 @@ def test_force_replaces_a_bundle_and_a_failed_swap_keeps_it(tiny_hf, tiny_bundle
         return real_rename(src, dst)
 
     monkeypatch.setattr(os, "rename", failing_rename)
-    options = pipeline.ExportOptions(recipe=Recipe("fp32"), force=True, parity=False)
+    options = pipeline.ExportOptions(recipe=Recipe("fp32"), force=True)
     with pytest.raises(EdgespecError, match=f"^cannot write to {out}: Input/output error$"):
         pipeline.export(str(tiny_hf), out, options)
     assert (out / "old-marker").exists() and read_manifest(out).quant == {"precision": "fp32"}
@@ -155,7 +156,7 @@ def test_interrupted_repreparation_keeps_the_old_bundle(cached_preset_bundle, ti
     monkeypatch.setattr(pipeline, "build_graph", _interrupt)  # Ctrl-C while building (builder path)
     monkeypatch.setattr(gguf_export, "build_decoder", _interrupt)  # (or while streaming from the GGUF)
     with pytest.raises(KeyboardInterrupt):
-        bundles.bundle_path("smollm2-135m", isolated=False)
+        bundle_path("smollm2-135m", isolated=False)
     assert read_manifest(out).quant == Recipe("int4", block_size=64).to_dict()
     assert {p.name: p.read_bytes() for p in out.iterdir()} == old
     assert hidden_siblings(out) == []
@@ -167,7 +168,7 @@ def test_killed_replacement_is_undone_on_next_use(cached_preset_bundle, monkeypa
     aside = out.with_name(f".{out.name}.old-{dead_pid()}")
     os.rename(out, aside)
     monkeypatch.setattr(pipeline, "export", _must_not_run)  # no re-export: the bundle is there
-    assert bundles.bundle_path("smollm2-135m", isolated=False) == out
+    assert bundle_path("smollm2-135m", isolated=False) == out
     assert read_manifest(out).quant == presets.get("smollm2-135m").recipe().to_dict()
     assert hidden_siblings(out) == []
 
@@ -182,7 +183,7 @@ def test_damaged_cached_bundle_is_prepared_again(cached_preset_bundle, monkeypat
     data.write_bytes(bytes(raw))
     calls = []
     monkeypatch.setattr(pipeline, "export", lambda source, dest, options: calls.append((source, dest, options)))
-    assert bundles.bundle_path("smollm2-135m", isolated=False) == out
+    assert bundle_path("smollm2-135m", isolated=False) == out
     assert [(s, d, o.force) for s, d, o in calls] == [("smollm2-135m", out, True)]
     err = capsys.readouterr().err
     assert f"re-preparing smollm2-135m: {data} does not match the sha256 recorded at export" in err

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from edgespec.export.errors import InputError
+from edgespec.contract.errors import InputError
 
 FIM_TOKENS = ["<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>", "<|fim_pad|>", "<|repo_name|>", "<|file_sep|>"]
 FIRST_FIM_ID = 311  # the tiny tokenizer's merges 311..316 become the FIM tokens, in Qwen's order
@@ -55,7 +55,7 @@ def add_fim_tokens(hf: Path) -> None:
 @pytest.fixture(scope="session")
 def fim_bundle(tiny_hf, tmp_path_factory) -> Path:
     from edgespec.export.pipeline import ExportOptions, export
-    from edgespec.quant.recipes import Recipe
+    from edgespec.export.recipes import Recipe
     hf = tmp_path_factory.mktemp("hf") / "qwen2-fim"
     shutil.copytree(tiny_hf, hf)
     add_fim_tokens(hf)
@@ -265,8 +265,6 @@ def test_qwen_fim_with_lookup_equals_plain(drafter):
 
 def test_run_with_suffix_prints_the_middle(fim_bundle, gen):
     from click.testing import CliRunner
-
-    from edgespec.apps import run_cmd  # noqa: F401
     from edgespec.apps.cli import cli
     r = CliRunner().invoke(cli, ["run", PREFIX, "--suffix", SUFFIX, "--target", str(fim_bundle), "--draft", "none",
                                  "--max-tokens", "12", "--no-prompt-cache"])
@@ -278,8 +276,6 @@ def test_run_with_suffix_prints_the_middle(fim_bundle, gen):
 
 def test_run_with_suffix_on_a_bundle_without_fim_tokens(tiny_bundle):
     from click.testing import CliRunner
-
-    from edgespec.apps import run_cmd  # noqa: F401
     from edgespec.apps.cli import cli
     r = CliRunner().invoke(cli, ["run", PREFIX, "--suffix", SUFFIX, "--target", str(tiny_bundle), "--draft", "none"])
     assert r.exit_code == 1 and "Traceback" not in r.output

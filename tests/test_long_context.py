@@ -13,7 +13,7 @@ import shutil
 import numpy as np
 import pytest
 
-from edgespec.export.errors import InputError
+from edgespec.contract.errors import InputError
 from edgespec.runtime.api import Generator
 from edgespec.runtime.drafters import ModelDrafter
 from edgespec.runtime.sampling import SamplingParams
@@ -29,13 +29,13 @@ CONTEXT = 4096
 def _long_bundle(hf, out):
     """`hf` exported with a CONTEXT-token context (its config raised to that many positions)."""
     from edgespec.export.pipeline import ExportOptions, export
-    from edgespec.quant.recipes import Recipe
+    from edgespec.export.recipes import Recipe
     src = out.with_name(out.name + "-hf")
     shutil.copytree(hf, src)
     config = json.loads((src / "config.json").read_text())
     config["max_position_embeddings"] = CONTEXT
     (src / "config.json").write_text(json.dumps(config))
-    export(str(src), out, ExportOptions(recipe=Recipe("fp32"), max_context=CONTEXT, force=True, parity=False))
+    export(str(src), out, ExportOptions(recipe=Recipe("fp32"), max_context=CONTEXT, force=True))
     return out
 
 

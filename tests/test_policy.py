@@ -2,6 +2,7 @@
 
 import pytest
 from edgespec.runtime.policy import CostAwareLength, DraftLength, expected_tokens
+from edgespec.runtime.policy_config import DEFAULT
 
 
 def test_expected_tokens():
@@ -270,21 +271,21 @@ def test_auto_counts_the_drafts_catch_up_after_lookup_runs():
     """After lookup passes the draft is behind; while lookup delivers, feeding a long lag costs
     more than a model pass brings, so auto takes a plain pass, while a short lag (or the first
     sync) lets the model draft. A draft behind by more than a few tokens enters only after
-    ENTRY_MISSES lookup misses, and then whatever its lag."""
+    auto_entry_misses lookup misses, and then whatever its lag."""
     from edgespec.runtime.auto import AutoDrafter
     model = _stub_model(offset=0, rejoin=128)
     auto = AutoDrafter(_Stub([]), model, _cpu_verify, draft_prefill_ms=3.3)
     context = list(range(300))
-    entry = [_pass(auto, 0, context) for _ in range(AutoDrafter.ENTRY_MISSES + 1)]
-    assert entry == ["none"] * AutoDrafter.ENTRY_MISSES + ["model"]  # then the prompt prefill is not weighed
+    entry = [_pass(auto, 0, context) for _ in range(DEFAULT.auto_entry_misses + 1)]
+    assert entry == ["none"] * DEFAULT.auto_entry_misses + ["model"]  # then the prompt prefill is not weighed
     model.session.history = context[:296]
     assert _pass(auto, 0, context) == "model"  # 4 tokens behind
     model.length = CostAwareLength(_cpu_verify, draft_ms=12.0, prior=0.9, cost_decay=1.0)
     model.session.history = context[:200]
     auto.misses = 0  # lookup has just delivered
     tree = auto.propose(context, 8)  # 100 behind: 330 ms of catch-up over 4 passes
-    assert len(tree) == 1 and auto.chosen is None and auto.choices["none"] == AutoDrafter.ENTRY_MISSES + 1
-    auto.misses = AutoDrafter.ENTRY_MISSES  # lookup stopped delivering: the model drafts from now on,
+    assert len(tree) == 1 and auto.chosen is None and auto.choices["none"] == DEFAULT.auto_entry_misses + 1
+    auto.misses = DEFAULT.auto_entry_misses  # lookup stopped delivering: the model drafts from now on,
     assert _pass(auto, 0, context) == "model"  # so its catch-up is paid once, however long
     model.rejoin, length = 128, model.length
     for _ in range(10):  # the draft stops agreeing: not drafting pays more
@@ -298,7 +299,7 @@ def test_auto_counts_the_drafts_catch_up_after_lookup_runs():
 
 def test_auto_skips_the_models_prefill_at_an_edits_short_gaps():
     """An edit: lookup copies, with two-pass gaps at the edit points. The draft never pays its
-    prefill there; fresh text (lookup missing ENTRY_MISSES passes in a row) brings it in."""
+    prefill there; fresh text (lookup missing auto_entry_misses passes in a row) brings it in."""
     from edgespec.runtime.auto import AutoDrafter
     model = _stub_model(offset=None, rejoin=32)
     copy = [4, 5, 6, 7]
@@ -307,19 +308,19 @@ def test_auto_skips_the_models_prefill_at_an_edits_short_gaps():
     context, kinds = list(range(300)), []
     for _ in range(4):
         lookup.chain = []
-        kinds += [_pass(auto, 0, context) for _ in range(AutoDrafter.ENTRY_MISSES - 1)]
+        kinds += [_pass(auto, 0, context) for _ in range(DEFAULT.auto_entry_misses - 1)]
         lookup.chain = copy
         kinds.append(_pass(auto, 4, context))
     assert kinds.count("long") == 4 and "model" not in kinds
     lookup.chain = []
-    fresh = [_pass(auto, 0, context) for _ in range(AutoDrafter.ENTRY_MISSES + 1)]
-    assert fresh == ["none"] * AutoDrafter.ENTRY_MISSES + ["model"]
+    fresh = [_pass(auto, 0, context) for _ in range(DEFAULT.auto_entry_misses + 1)]
+    assert fresh == ["none"] * DEFAULT.auto_entry_misses + ["model"]
 
 
 def test_auto_takes_a_short_lookup_over_a_plain_pass_while_the_model_waits():
     """A short match that loses to the model's rate still beats a plain pass, so while the
-    model waits to enter (lookup has not missed ENTRY_MISSES passes) lookup drafts. One
-    rejected short match does not stop short matches: the prior is worth PRIOR_TRIALS."""
+    model waits to enter (lookup has not missed auto_entry_misses passes) lookup drafts. One
+    rejected short match does not stop short matches: the prior is worth prior_trials."""
     from edgespec.runtime.auto import AutoDrafter
     model = _stub_model(offset=None, rejoin=32)
     lookup = _Stub([4, 5], last_match=2)
@@ -327,7 +328,7 @@ def test_auto_takes_a_short_lookup_over_a_plain_pass_while_the_model_waits():
     context = list(range(300))
     auto.propose(context, 8)
     assert auto.chosen[1] == "short"
-    auto.misses = AutoDrafter.ENTRY_MISSES  # now the model would draft: it promises more
+    auto.misses = DEFAULT.auto_entry_misses  # now the model would draft: it promises more
     auto.propose(context, 8)
     assert auto.chosen[1] == "model"
     auto = AutoDrafter(lookup, model, _cpu_verify, draft_prefill_ms=3.3)
@@ -350,7 +351,7 @@ def _confident_pass(auto, context, top1):
 
 def test_auto_enters_the_model_only_where_the_targets_confidence_pays_its_prefill():
     """Taking the target's recent top-1 probability as the draft's acceptance, the model's
-    prompt prefill (128 tokens x 3.3 ms) must pay back ENTRY_MARGIN times within PAYBACK_TOKENS
+    prompt prefill (128 tokens x 3.3 ms) must pay back auto_entry_margin times within auto_payback_tokens
     tokens. On this curve with a 12 ms draft step that takes ~0.68 (~0.57 without the margin):
     unsure text stays plain, confident text brings the model in. A restart from `rejoin`
     tokens costs less, so it pays at a confidence that the first entry did not; near
@@ -398,7 +399,8 @@ def test_auto_leaves_an_edits_gaps_to_lookup_while_its_source_is_left_to_copy():
         model.window = 128
         model._entry_offset = MethodType(ModelDrafter._entry_offset, model)
         model.entry_tokens = MethodType(ModelDrafter.entry_tokens, model)
-        auto = AutoDrafter(_ngram(None, None), model, _cpu_verify, draft_prefill_ms=3.3)
+        auto = AutoDrafter(_ngram(SimpleNamespace(policy_config=DEFAULT), None), model, _cpu_verify,
+                           draft_prefill_ms=3.3)
         auto.prompt_len, auto.end = len(prompt), len(prompt) + 200
         auto._confidence = [0.9, 1.0]
         context = prompt + prompt[start:start + 10]
@@ -417,6 +419,7 @@ def test_auto_leaves_an_edits_gaps_to_lookup_while_its_source_is_left_to_copy():
 def test_auto_takes_lookup_only_where_the_drafting_model_agrees_with_its_first_token():
     """While the model drafts, a lookup proposal is checked against the draft's first token (one
     draft step, which the model's own proposal then reuses): disagreeing, the model drafts."""
+    from dataclasses import replace
     from edgespec.runtime.auto import AutoDrafter
     from edgespec.runtime.drafters import ModelDrafter
 
@@ -437,8 +440,9 @@ def test_auto_takes_lookup_only_where_the_drafting_model_agrees_with_its_first_t
         tree = auto.propose(context, 8)
         assert (auto.chosen[1], tree.tokens[1], auto.peeks, auto.vetoed) == (chosen, first, 1, chosen == "model")
         assert Counting.syncs == syncs + 1  # the check's step is the model's first step
-    unchecked = AutoDrafter(_Stub([9, 10, 11, 12, 13, 14], last_match=8), model, _cpu_verify, draft_prefill_ms=1.0)
-    unchecked.PEEK_LAG = -1  # (never this close behind)
+    never_close = replace(DEFAULT, auto_peek_lag=-1)  # (never this close behind)
+    unchecked = AutoDrafter(_Stub([9, 10, 11, 12, 13, 14], last_match=8), model, _cpu_verify, draft_prefill_ms=1.0,
+                            config=never_close)
     assert unchecked.propose(context, 8).tokens[1] == 9 and unchecked.chosen[1] == "long"
 
 

@@ -279,8 +279,6 @@ def test_disk_bound_removes_least_recently_used(tiny_bundle, text_ids, tmp_path)
 
 def _cli(*args, input=None):
     from click.testing import CliRunner
-
-    from edgespec.apps import chat_cmd, run_cmd  # noqa: F401  (registers the commands)
     from edgespec.apps.cli import cli
     r = CliRunner().invoke(cli, [str(a) for a in args], input=input)
     assert r.exit_code == 0, r.output

@@ -10,7 +10,7 @@ import random
 import pytest
 
 from edgespec.export import cache, gguf_assembly, presets
-from edgespec.export.errors import EdgespecError, MissingPackageError, SourceError
+from edgespec.contract.errors import EdgespecError, MissingPackageError, SourceError
 from edgespec.export.gguf_assembly import assemble
 from edgespec.export.presets import PartSpec, Preset
 
@@ -219,9 +219,9 @@ def test_export_of_a_preset_defaults_to_its_recipe(tmp_path, monkeypatch):
 def test_first_use_prepares_in_a_child_process_and_reports_its_failure(tmp_path, capfd):
     """A preset is prepared by a child process (its memory and peak stay out of the run's); when
     the child fails, its one-line error shows and the caller gets one naming the preset."""
-    from edgespec.export.errors import EdgespecError
-    from edgespec.export.prepare import prepare
-    from edgespec.quant.recipes import Recipe
+    from edgespec.contract.errors import EdgespecError
+    from edgespec.apps.prepare import prepare
+    from edgespec.export.recipes import Recipe
     with pytest.raises(EdgespecError) as e:
         prepare("no-such-preset", tmp_path / "out", Recipe(), "target")
     assert str(e.value) == "preparing no-such-preset failed (exit status 1; its message is above)"

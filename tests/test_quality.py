@@ -8,10 +8,8 @@ import shutil
 
 import pytest
 from click.testing import CliRunner
-
-import edgespec.apps.quality_cmd  # noqa: F401  (registers `edgespec quality`)
 from edgespec.apps.cli import cli
-from edgespec.export.errors import EdgespecError
+from edgespec.contract.errors import EdgespecError
 from edgespec.quant.quality import cut_windows, quality_report
 from edgespec.quant.text import EVAL_MODULES, stdlib_file
 
@@ -45,7 +43,11 @@ def test_int4_close_to_fp32_bundle(int4_vs_fp32, fp32_vs_torch):
     assert r["reference"]["kind"] == "bundle" and r["recipe"]["precision"] == "int4"
     assert r["top1_agreement"] >= INT4_MIN_AGREEMENT
     assert r["perplexity"] / r["reference_perplexity"] < INT4_MAX_PPL_RATIO
-    assert r["bundle_bytes"] < fp32_vs_torch["bundle_bytes"] / 2
+    assert r["bundle_bytes"] - r["prefill_graph_bytes"] < fp32_vs_torch["bundle_bytes"] / 2  # the model's graph
+    assert r["prefill_graph_bytes"] > 0 == fp32_vs_torch["prefill_graph_bytes"]
+    g = r["prompt_graph"]  # the int8 prefill graph: close to the bundle's decode graph
+    assert g["top1_vs_decode_graph"] >= 0.9 and g["kl_vs_decode_graph"] < r["mean_kl"]
+    assert g["top1_agreement"] >= INT4_MIN_AGREEMENT and fp32_vs_torch["prompt_graph"] is None
     # the fp32 bundle is the same model as torch: both references give the same perplexity
     assert r["reference_perplexity"] == pytest.approx(fp32_vs_torch["perplexity"], rel=1e-3)
 
@@ -94,6 +96,7 @@ def test_cli_prints_table_and_writes_json(tiny_int4_bundle, tiny_bundle, tmp_pat
                                       "--json", str(out)])
     assert result.exit_code == 0, result.output
     assert "top-1" in result.output and tiny_int4_bundle.name in result.output and "textwrap.py" in result.output
+    assert f"{tiny_int4_bundle.name}: prompts run its int8 prefill graph: perplexity" in result.output
     assert json.loads(out.read_text())["windows"] == 2
 
 

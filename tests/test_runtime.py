@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from edgespec.export.errors import EdgespecError
+from edgespec.contract.errors import EdgespecError
 from edgespec.runtime.api import Generator
 from edgespec.runtime.drafters import ModelDrafter
 from edgespec.runtime.sampling import SamplingParams
@@ -196,16 +196,15 @@ def test_prompt_longer_than_context(tiny_bundle):
 
 def test_mismatched_tokenizer(tiny_bundle, tmp_path):
     from edgespec.export.pipeline import ExportOptions, export
-    from edgespec.quant.recipes import Recipe
+    from edgespec.export.recipes import Recipe
     from tiny_models import make_hf_model
     hf = make_hf_model(tmp_path / "other", "llama", seed=3, vocab_size=300, train_steps=0)
-    export(str(hf), tmp_path / "b", ExportOptions(recipe=Recipe("fp32"), parity=False))
+    export(str(hf), tmp_path / "b", ExportOptions(recipe=Recipe("fp32")))
     with pytest.raises(EdgespecError, match="cannot draft for .*vocabulary 300 vs target 320; tokenizer sha256.*--drafter cross"):
         Generator(Session(tiny_bundle), Session(tmp_path / "b"))
 
 
 def _run_cli(*args):
-    from edgespec.apps import run_cmd  # noqa: F401
     from edgespec.apps.cli import cli
     return CliRunner().invoke(cli, ["run", *map(str, args)])
 
@@ -262,8 +261,9 @@ def test_self_speculation_with_a_shallow_copy(tiny_hf, target, draft, tmp_path):
     """`export --layers 0` makes a 1-layer copy of the 2-layer target; as a 'self' draft it is
     lossless, and its logits match the truncated torch model (the export's own parity check)."""
     from edgespec.export.pipeline import ExportOptions, export
-    from edgespec.quant.recipes import Recipe
-    m = export(str(tiny_hf), tmp_path / "shallow", ExportOptions(recipe=Recipe("fp32"), layers="0"))
+    from edgespec.export.recipes import Recipe
+    from edgespec.runtime.session import bundle_logits
+    m = export(str(tiny_hf), tmp_path / "shallow", ExportOptions(recipe=Recipe("fp32"), layers="0", parity=bundle_logits))
     assert m.num_layers == 1 and m.layers_kept == [0] and m.role == "draft"
     assert m.parity["max_abs_diff"] < 1e-4
     shallow = Session(tmp_path / "shallow")

@@ -18,9 +18,8 @@ import pytest
 
 openai = pytest.importorskip("openai")
 
-# The CLI with the app modules registered (a subprocess sees the same package as the tests).
-CLI = [sys.executable, "-c",
-       "from edgespec.apps import chat_cmd, serve_cmd; from edgespec.apps.cli import cli; cli()"]
+# The CLI in a subprocess (which sees the same package as the tests).
+CLI = [sys.executable, "-c", "from edgespec.apps.cli import cli; cli()"]
 MESSAGES = [{"role": "system", "content": "You write Python."},
             {"role": "user", "content": "def add(a, b):"}]
 
@@ -36,7 +35,7 @@ def build_slow_bundle(folder: Path) -> Path:
     from tiny_models import byte_tokenizer
 
     from edgespec.export.pipeline import ExportOptions, export
-    from edgespec.quant.recipes import Recipe
+    from edgespec.export.recipes import Recipe
     tok = byte_tokenizer(320)
     config = transformers.Qwen2Config(
         vocab_size=320, hidden_size=512, intermediate_size=1024, num_hidden_layers=4, num_attention_heads=16,
@@ -277,7 +276,6 @@ def test_queue_then_429_and_disconnect_frees_the_model(slow_server):
 def test_server_answer_equals_edgespec_run(server, tiny_bundle, tiny_draft_bundle):
     """The same single-turn question through `edgespec run` and the server gives the same text."""
     from click.testing import CliRunner
-    from edgespec.apps import run_cmd  # noqa: F401
     from edgespec.apps.cli import cli
     question = MESSAGES[-1]["content"]
     r = CliRunner().invoke(cli, ["run", question, "--target", str(tiny_bundle), "--draft", str(tiny_draft_bundle),
@@ -401,8 +399,6 @@ def test_prefix_cache_option(tiny_bundle):
     without a prefix cache (`--prefix-cache-mb 0`) says null."""
     from click.testing import CliRunner
     from fastapi.testclient import TestClient
-
-    from edgespec.apps import serve_cmd  # noqa: F401
     from edgespec.apps.cli import cli
     from edgespec.apps.server import create_app
     from edgespec.runtime.api import Generator

@@ -28,7 +28,7 @@ N_TOKENS = 64
 
 @pytest.fixture(scope="module")
 def smol():
-    from edgespec.export.bundles import bundle_path
+    from edgespec.apps.prepare import bundle_path
     from edgespec.export.sources import resolve
     return bundle_path("smollm2-135m"), resolve("smollm2-135m").hf_dir
 
@@ -71,12 +71,12 @@ def test_fp32_greedy_equals_transformers(smol, tmp_path_factory):
     import torch
     from transformers import AutoModelForCausalLM
     from edgespec.export.pipeline import ExportOptions, export
-    from edgespec.quant.recipes import Recipe
+    from edgespec.export.recipes import Recipe
     from edgespec.runtime.api import Generator
-    from edgespec.runtime.session import Session
+    from edgespec.runtime.session import Session, bundle_logits
     _, hf = smol
     out = tmp_path_factory.mktemp("smol") / "fp32"
-    manifest = export("smollm2-135m", out, ExportOptions(recipe=Recipe("fp32")))
+    manifest = export("smollm2-135m", out, ExportOptions(recipe=Recipe("fp32"), parity=bundle_logits))
     assert manifest.parity["top1_agreement"] == 1.0 and manifest.parity["max_abs_diff"] < 1e-3
     model = AutoModelForCausalLM.from_pretrained(str(hf), dtype=torch.float32).eval()
     gen = Generator(Session(out))

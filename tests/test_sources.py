@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from edgespec.export import cache, sources
-from edgespec.export.errors import SourceError
+from edgespec.contract.errors import SourceError
 from edgespec.export.sources import resolve
 
 

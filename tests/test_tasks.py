@@ -9,8 +9,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from click.testing import CliRunner
-
-import edgespec.apps.quality_cmd  # noqa: F401  (registers `edgespec quality`)
 from edgespec.apps.cli import cli
 from edgespec.quant.tasks import (Task, complete_block, extract_code, forbidden_use, format_row, load_tasks,
                                   run_check, run_row, score, tasks_report)

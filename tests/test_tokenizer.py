@@ -34,6 +34,6 @@ def test_matches_transformers(tiny_bundle):
 
 
 def test_missing_tokenizer_file(tmp_path):
-    from edgespec.export.errors import EdgespecError
+    from edgespec.contract.errors import EdgespecError
     with pytest.raises(EdgespecError, match="has no tokenizer.json"):
         BundleTokenizer(tmp_path)

@@ -15,8 +15,9 @@ import pytest
 
 gguf = pytest.importorskip("gguf")
 
-from edgespec.export.errors import SourceError  # noqa: E402
+from edgespec.contract.errors import SourceError  # noqa: E402
 from edgespec.export.gguf_transcode import DECODERS, decode, encode  # noqa: E402
+from edgespec.runtime.session import bundle_logits  # noqa: E402
 
 FP32_ROUNDING = 1e-5  # of sum |x| |w|: float32 products and sums
 INT8_ACTIVATIONS = 1e-2  # accuracy_level 4 quantizes x to int8 per block
@@ -166,11 +167,11 @@ def transformers_logits(path, ids):
 @pytest.mark.parametrize("arch,accuracy_level", [("llama", 1), ("qwen2", 1), ("qwen2", 4)])
 def test_tiny_gguf_exports_faithfully(tmp_path, arch, accuracy_level):
     from edgespec.export.pipeline import ExportOptions, export
-    from edgespec.quant.recipes import Recipe
+    from edgespec.export.recipes import Recipe
     from edgespec.runtime.session import Session
     path = write_tiny_gguf(tmp_path / f"tiny-{arch}.gguf", arch)
     recipe = Recipe("gguf", accuracy_level=accuracy_level)
-    manifest = export(str(path), tmp_path / "bundle", ExportOptions(recipe=recipe))
+    manifest = export(str(path), tmp_path / "bundle", ExportOptions(recipe=recipe, parity=bundle_logits))
     tables = {"Q5_0", "Q6_K"} if arch == "qwen2" else {"Q4_1"}  # embeddings (and head)
     assert set(manifest.quant["gguf_types"]) == {t for layer in LAYER_TYPES for t in layer} | tables
     assert manifest.quant["precision"] == "gguf" and manifest.quant["accuracy_level"] == accuracy_level
@@ -195,14 +196,14 @@ def test_tiny_gguf_exports_faithfully(tmp_path, arch, accuracy_level):
     steps = np.stack([session.forward([t])[-1] for t in ids[:8]])
     assert np.abs(steps - theirs[:8]).max() < tolerance
     # the quality measurement against the GGUF's float64 reference, on the quality text
-    from edgespec.export.gguf_reference import quality_vs_gguf
+    from edgespec.quant.gguf_quality import quality_vs_gguf
     report = quality_vs_gguf(tmp_path / "bundle", windows=2, window_len=48)
     assert report["top1_agreement"] >= top1 and report["max_abs_diff"] < tolerance
 
 
 def test_faithful_recipe_refuses_a_folder_source(tiny_hf, tmp_path):
     from edgespec.export.pipeline import ExportOptions, export
-    from edgespec.quant.recipes import RECIPES
+    from edgespec.export.recipes import RECIPES
     with pytest.raises(SourceError) as e:
         export(str(tiny_hf), tmp_path / "out", ExportOptions(recipe=RECIPES["gguf"]))
     assert str(e.value) == (f"SOURCE '{tiny_hf}' is a folder, not a GGUF file; the faithful recipe (--quant gguf) "
@@ -212,7 +213,7 @@ def test_faithful_recipe_refuses_a_folder_source(tiny_hf, tmp_path):
 
 def test_unsupported_architecture_and_types_are_refused_before_any_work(tmp_path):
     from edgespec.export.pipeline import ExportOptions, export
-    from edgespec.quant.recipes import RECIPES
+    from edgespec.export.recipes import RECIPES
     path = write_tiny_gguf(tmp_path / "tiny.gguf", "llama")
     data = path.read_bytes()
     gemma = tmp_path / "gemma.gguf"
@@ -245,8 +246,8 @@ def test_smollm2_q4_1_exports_faithfully(tmp_path):
     from edgespec.export import sources
     from edgespec.export.pipeline import ExportOptions, export
     from edgespec.quant.quality import quality_report
-    from edgespec.quant.recipes import RECIPES
-    manifest = export("smollm2-135m", tmp_path / "gguf", ExportOptions(recipe=RECIPES["gguf"]))
+    from edgespec.export.recipes import RECIPES
+    manifest = export("smollm2-135m", tmp_path / "gguf", ExportOptions(recipe=RECIPES["gguf"], parity=bundle_logits))
     assert manifest.quant["gguf_types"] == {"Q4_1": 210, "Q8_0": 1}
     assert manifest.parity["top1_agreement"] == 1.0 and manifest.parity["max_abs_diff"] < 1e-2
     report = quality_report(tmp_path / "gguf", sources.resolve("smollm2-135m").hf_dir)
@@ -259,13 +260,13 @@ def test_smollm2_q4_1_exports_faithfully(tmp_path):
 def test_draft_head_of_a_faithful_bundle(tmp_path):
     """A frequent-token draft head slices the transcoded LM head (Q6_K, two planes) by rows; a head
     with block minimums (Q4_1: a side product) cannot be sliced and is refused by name."""
-    from edgespec.export.errors import InputError
+    from edgespec.contract.errors import InputError
     from edgespec.export.pipeline import ExportOptions, export
-    from edgespec.quant.recipes import RECIPES
+    from edgespec.export.recipes import RECIPES
     from edgespec.runtime.session import Session
     path = write_tiny_gguf(tmp_path / "qwen2.gguf", "qwen2")
     manifest = export(str(path), tmp_path / "draft", ExportOptions(recipe=RECIPES["gguf"], role="draft",
-                                                                   draft_vocab=100, parity=False))
+                                                                   draft_vocab=100))
     assert manifest.draft_head["size"] == 100
     ids = [int(t) for t in np.random.default_rng(2).integers(0, manifest.vocab_size, 12)]
     full = Session(tmp_path / "draft").score(ids)
@@ -274,7 +275,7 @@ def test_draft_head_of_a_faithful_bundle(tmp_path):
 
     tied = write_tiny_gguf(tmp_path / "llama.gguf", "llama")
     with pytest.raises(InputError) as e:
-        export(str(tied), tmp_path / "tied", ExportOptions(recipe=RECIPES["gguf"], draft_vocab=100, parity=False))
+        export(str(tied), tmp_path / "tied", ExportOptions(recipe=RECIPES["gguf"], draft_vocab=100))
     assert str(e.value) == ("--draft-vocab 100: this GGUF's LM head has block minimums (a side product), which "
                             "the draft head cannot slice; pass --draft-vocab 0")
     assert not (tmp_path / "tied").exists()
@@ -283,9 +284,8 @@ def test_draft_head_of_a_faithful_bundle(tmp_path):
 def test_cli_quant_gguf_computes_in_fp32_unless_told(tmp_path):
     """`edgespec export model.gguf -o out --quant gguf`: the faithful recipe, fp32 compute by default."""
     from click.testing import CliRunner
-    from edgespec.apps import export_cmd  # noqa: F401  (registers the command)
     from edgespec.apps.cli import cli
-    from edgespec.export.manifest import read_manifest
+    from edgespec.contract.manifest import read_manifest
     path = write_tiny_gguf(tmp_path / "tiny.gguf", "llama")
     result = CliRunner().invoke(cli, ["export", str(path), "-o", str(tmp_path / "out"), "--quant", "gguf"])
     assert result.exit_code == 0, result.output
@@ -302,9 +302,10 @@ def test_cli_quant_gguf_computes_in_fp32_unless_told(tmp_path):
 def test_shallow_faithful_draft_keeps_the_chosen_layers(tmp_path):
     """--layers with --quant gguf: a self-speculation draft of the GGUF's own first layers."""
     from edgespec.export.pipeline import ExportOptions, export
-    from edgespec.quant.recipes import RECIPES
+    from edgespec.export.recipes import RECIPES
     path = write_tiny_gguf(tmp_path / "qwen2.gguf", "qwen2")
-    manifest = export(str(path), tmp_path / "shallow", ExportOptions(recipe=RECIPES["gguf"], layers="1"))
+    manifest = export(str(path), tmp_path / "shallow", ExportOptions(recipe=RECIPES["gguf"], layers="1",
+                                                                     parity=bundle_logits))
     assert (manifest.role, manifest.num_layers, manifest.layers_kept) == ("draft", 1, [1])
     assert manifest.parity["top1_agreement"] == 1.0 and manifest.parity["max_abs_diff"] < 1e-4
 
@@ -354,7 +355,7 @@ def test_tiny_gguf_int4_streams_from_the_file(tmp_path, symmetric):
     from edgespec.export.gguf_reference import Reference
     from edgespec.export.gguf_transcode import Requant, requantize
     from edgespec.export.pipeline import ExportOptions, export
-    from edgespec.quant.recipes import Recipe
+    from edgespec.export.recipes import Recipe
     from edgespec.runtime.session import Session
 
     class Requantized(GGUFModel):
@@ -364,7 +365,7 @@ def test_tiny_gguf_int4_streams_from_the_file(tmp_path, symmetric):
 
     path = write_tiny_gguf(tmp_path / "tiny-qwen2.gguf", "qwen2")
     recipe = Recipe("int4", block_size=128, symmetric=symmetric, accuracy_level=1)
-    manifest = export(str(path), tmp_path / "bundle", ExportOptions(recipe=recipe, parity=False))
+    manifest = export(str(path), tmp_path / "bundle", ExportOptions(recipe=recipe))
     assert manifest.quant["layout"] == f"int4-b128-{'sym' if symmetric else 'asym'}"
     assert manifest.quant["block_size"] == 128 and manifest.quant["symmetric"] == symmetric
     assert manifest.genai_model_file == "model.genai.onnx"  # our graph (without tree bias), not the builder's
@@ -380,7 +381,7 @@ def test_which_recipes_stream_from_the_gguf(tiny_hf, tmp_path):
     precisions, Hugging Face folders and architectures the graph builder does not know go through
     onnxruntime-genai's builder."""
     from edgespec.export.gguf_export import streams
-    from edgespec.quant.recipes import Recipe
+    from edgespec.export.recipes import Recipe
     path = write_tiny_gguf(tmp_path / "tiny.gguf", "llama")
     gemma = tmp_path / "gemma.gguf"
     gemma.write_bytes(path.read_bytes().replace(b"llama", b"gemma"))
@@ -396,12 +397,12 @@ def test_onnxruntime_genai_runs_a_streamed_bundle_greedily_like_the_runtime(tmp_
     every row's logits) from genai_config.json: its greedy tokens are the runtime's."""
     og = pytest.importorskip("onnxruntime_genai")
     from edgespec.export.pipeline import ExportOptions, export
-    from edgespec.quant.recipes import Recipe
+    from edgespec.export.recipes import Recipe
     from edgespec.runtime.api import Generator
     from edgespec.runtime.session import Session
     path = write_tiny_gguf(tmp_path / "tiny-qwen2.gguf", "qwen2")
     export(str(path), tmp_path / "bundle", ExportOptions(recipe=Recipe("int4", block_size=32, accuracy_level=1),
-                                                         parity=False, max_context=64))
+                                                         max_context=64))
     prompt = [int(t) for t in np.random.default_rng(3).integers(0, 200, 12)]
     model = og.Model(str(tmp_path / "bundle"))
     params = og.GeneratorParams(model)

@@ -15,7 +15,7 @@ from math import erf, sqrt
 import numpy as np
 import pytest
 
-from edgespec.export.errors import EdgespecError, InputError
+from edgespec.contract.errors import EdgespecError, InputError
 from edgespec.runtime.api import Generator
 from edgespec.runtime.drafters import top_candidates
 from edgespec.runtime.sampling import SamplingParams, probabilities

@@ -19,6 +19,7 @@ from .files import atomic_write_text
 
 MANIFEST_NAME = "edgespec.json"
 FORMAT_VERSION = 1
+DRAFT_DATA = "draft_head.data"  # the weights of a draft head's graph (`draft_head`), next to it
 
 
 @dataclass
@@ -58,10 +59,13 @@ class Manifest:
     sizes: dict = field(default_factory=dict)
     layers_kept: list[int] | None = None
     # A graph whose LM head covers only frequent tokens, for drafting (export/draft_vocab.py):
-    # {"model_file", "vocab_file", "size", "corpus", "corpus_sha256"}
+    # {"model_file", "vocab_file", "size", "corpus", "corpus_sha256"}; its weights in DRAFT_DATA
     draft_head: dict | None = None
+    # The decoder for prompts with int8 x int8 products (export/prefill_graph.py):
+    # {"model_file", "data_file", "products", "weights", "activations"}; None: prompts run model_file
+    prefill_graph: dict | None = None
     # Every file of the bundle but this manifest, {name: {"bytes", "sha256"}}, checked at load
-    # (export/integrity.py); empty for bundles exported before the check existed.
+    # (contract/integrity.py); empty for bundles exported before the check existed.
     files: dict = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
 
@@ -106,6 +110,23 @@ def read_manifest(folder: str | Path) -> Manifest:
             f"{path} has format version {manifest.format_version}; this edgespec reads up to "
             f"{FORMAT_VERSION}: upgrade edgespec")
     return manifest
+
+
+def bundle_bytes(bundle: Path, manifest: Manifest) -> int:
+    """Size on disk of the graph and its weights (model.onnx*, a draft head's and a prefill graph's files),
+    as export records it."""
+    head = manifest.draft_head or {}
+    extra = {head.get("model_file"), head.get("vocab_file"), DRAFT_DATA} if head else set()
+    prefill = manifest.prefill_graph or {}
+    extra |= {prefill.get("model_file"), prefill.get("data_file")} if prefill else set()
+    return sum(f.stat().st_size for f in Path(bundle).iterdir()
+               if f.name.startswith(manifest.model_file) or f.name in extra)
+
+
+def prefill_graph_bytes(bundle: Path, manifest: Manifest) -> int:
+    """Size on disk of the prefill graph's files (part of bundle_bytes; 0 without one)."""
+    prefill = manifest.prefill_graph or {}
+    return sum((Path(bundle) / prefill[key]).stat().st_size for key in ("model_file", "data_file") if key in prefill)
 
 
 def _check_types(path: Path, data: dict) -> None:

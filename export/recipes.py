@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from ..export.errors import InputError
+from ..contract.errors import InputError
 
 PRECISIONS = ("int4", "int8", "fp16", "fp32", "gguf")
 # "gguf": the GGUF's own blocks transcoded into MatMulNBits weights, not re-quantized (export/gguf_export.py);
