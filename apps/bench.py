@@ -529,7 +529,7 @@ def run_suite(target: str | Path, draft: str | Path | None = None, modes: Sequen
                 row["modes"][m] = _aggregate(trials[m])
             _compare(row)
             _pair(row, trials)
-            _explain_divergences(row, ids, lambda prefix: _last_logits(target_session(), prefix), eos)
+            _explain_divergences(row, ids, lambda reply: _last_logits(target_session(), ids, reply), eos)
             if reused:
                 row["prefix_reuse"] = _reuse_row(reused, ids, followup)
             rows.append(row)
@@ -689,11 +689,14 @@ def _reuse_categories(rows: list[dict]) -> dict:
             for cat, rs in groups.items()}
 
 
-def _last_logits(session, ids: list[int]):
-    """The target's logits after `ids` as one fresh sequence ([vocab]); the cache is left empty."""
+def _last_logits(session, prompt: list[int], reply: list[int]):
+    """The target's logits after `prompt` + `reply` ([vocab]) as a generation computes them: the
+    prompt through prefill (its int8 graph where the bundle has one), the reply through the
+    decode graph (in one pass); the cache is left empty."""
     session.reset()
     try:
-        return session.prefill(ids)
+        logits = session.prefill(prompt)
+        return session.forward(reply, last=1)[-1] if reply else logits
     finally:
         session.reset()
 
@@ -711,7 +714,7 @@ def _explain_divergences(row: dict, ids: list[int], last_logits: Callable, eos: 
         if ref is None or at is None:
             continue
         if at not in scored:
-            scored[at] = last_logits(list(ids) + ref[:at])  # [vocab]
+            scored[at] = last_logits(ref[:at])  # [vocab]
         logits = scored[at]
         end = max(eos, key=lambda t: logits[t]) if eos else None
         ours, theirs = (seq[at] if at < len(seq) else end for seq in (ref, r["token_ids"]))

@@ -113,6 +113,7 @@ def export_gguf(source: str, out: Path, work: Path, options) -> Manifest:
         manifest.layers_kept = kept
         manifest.draft_head = _draft_head(bundle, manifest, options.draft_vocab, summary.head_has_offsets)
         if wants_prefill_graph(manifest):
+            bar.set_postfix_str("int8 prefill graph")
             manifest.prefill_graph = write_prefill_graph(bundle, manifest)
         bar.update()
         bar.set_postfix_str(stages[3])

@@ -142,6 +142,7 @@ def export(source: str, out: str | Path, options: ExportOptions | None = None) -
         if draft_vocab:
             manifest.draft_head = write_draft_head(bundle, manifest, draft_vocab)
         if wants_prefill_graph(manifest):
+            bar.set_postfix_str("int8 prefill graph")
             manifest.prefill_graph = write_prefill_graph(bundle, manifest)
         bar.update()
         bar.set_postfix_str(stages[4])

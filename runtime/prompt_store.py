@@ -58,7 +58,8 @@ def prompts_dir() -> Path:
 def bundle_identity(session) -> str:
     """sha256 of what a session's KV rows depend on: the bundle's files (their sha256s, recorded
     at export and checked at load; for older bundles the source, recipe and file sizes and
-    times), the graph it runs and the provider computing them."""
+    times), the graphs it runs (prompts may run a prefill graph of their own) and the provider
+    computing them."""
     m = session.manifest
     if m.files:
         files = m.files
@@ -68,6 +69,8 @@ def bundle_identity(session) -> str:
         files = {"source": m.source, "quant": m.quant, "layers_kept": m.layers_kept, "files": files}
     basis = {"files": files, "graph": session.model_file, "io_dtype": m.io_dtype,
              "provider": session.sess.get_providers()[0]}
+    if session.prefill_sess is not None:
+        basis["prompt_graph"] = m.prefill_graph["model_file"]
     return hashlib.sha256(json.dumps(basis, sort_keys=True).encode()).hexdigest()
 
 

@@ -118,8 +118,8 @@ def test_a_divergence_is_scored_where_it_happens():
         "short": {"token_ids": [5, 6], "decode_tok_s": 1.0}}}
     scored = []
 
-    def last_logits(ids):
-        scored.append(list(ids))
+    def last_logits(reply):
+        scored.append(list(reply))
         logits = np.zeros(12, np.float32)
         logits[[6, 9, 7, 1, 0]] = [2.0, 1.95, 0.5, 3.0, -1.0]
         return logits
@@ -141,7 +141,7 @@ def test_a_divergence_is_scored_where_it_happens():
     short = modes["short"]["divergence"]
     assert (short["at"], short["plain_token"], short["token"]) == (2, 7, 1)  # end token 1 beats 0
     assert short["logit_gap"] == pytest.approx(-2.5)
-    assert scored == [[100, 101, 5], [100, 101, 5, 6]]
+    assert scored == [[5], [5, 6]]  # the reply so far, after the prompt
     for r in modes.values():
         r.update(prefill_tok_s=1.0, acceptance_rate=0.0, tokens_per_pass=1.0,
                  split={"draft": 0.0, "verify": 1.0, "overhead": 0.0})
@@ -151,18 +151,27 @@ def test_a_divergence_is_scored_where_it_happens():
     assert cats["short"]["max_divergence_gap"] == pytest.approx(2.5)
 
 
-def test_divergences_are_scored_on_a_fresh_target_sequence(bench_bundles):
-    """The scorer's logits are the last row of a plain run over the ids, and it leaves the
+@pytest.mark.parametrize("fixture", ["bench_bundles", "tiny_int4_bundle"])
+def test_divergences_are_scored_on_a_fresh_target_sequence(fixture, request):
+    """The scorer's logits are those a generation computes: the prompt prefilled (by the int8
+    prefill graph where the bundle has one), the reply through the decode graph; it leaves the
     session's cache empty for the next trial."""
     import numpy as np
     from edgespec.apps.bench import _last_logits
     from edgespec.runtime.session import Session
-    session = Session(bench_bundles[0])
-    ids = list(range(40, 130))
+    bundle = request.getfixturevalue(fixture)
+    bundle = bundle[0] if isinstance(bundle, (list, tuple)) else bundle
+    session = Session(bundle)
+    prompt, reply = list(range(40, 130)), list(range(200, 210))
     session.prefill([1, 2, 3])  # whatever the previous trial left
-    got = _last_logits(session, ids)
+    got = _last_logits(session, prompt, reply)
     assert session.cache.length == 0 and session.history == []
-    np.testing.assert_allclose(got, Session(bench_bundles[0]).forward(ids)[-1], atol=1e-4)
+    fresh = Session(bundle)
+    fresh.prefill(prompt)
+    np.testing.assert_allclose(got, fresh.forward(reply)[-1], atol=1e-4)
+    if fresh.prefill_sess is not None:  # not the prefill graph's view of the reply
+        fresh.reset()
+        assert np.abs(fresh.prefill(prompt + reply) - got).max() > 1e-3
 
 
 def test_genai_anchors_can_run_another_bundle_of_the_same_tokenizer(bench_bundles, tmp_path):

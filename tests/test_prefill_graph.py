@@ -116,3 +116,40 @@ def test_upgrade_adds_the_prefill_graph_to_an_older_bundle(tiny_int4_bundle, tmp
     assert upgrade(old) is True and upgrade(old) is False
     assert read_manifest(old).prefill_graph == read_manifest(tiny_int4_bundle).prefill_graph
     np.testing.assert_array_equal(Session(old).prefill(ids), Session(tiny_int4_bundle).prefill(ids))
+
+
+def test_prompt_caches_on_disk_tell_the_prompt_graph_apart(tiny_int4_bundle):
+    """Rows from the int8 prefill graph and from the decode graph are different KV: a disk
+    entry written by one is never found by a session running the other."""
+    from edgespec.runtime.prompt_store import bundle_identity
+    with_graph = bundle_identity(Session(tiny_int4_bundle))
+    without = bundle_identity(Session(tiny_int4_bundle, SessionOptions(int8_prefill=False)))
+    assert with_graph != without
+    assert with_graph == bundle_identity(Session(tiny_int4_bundle))
+
+
+def test_smoothing_moves_an_outlier_channel_into_the_weights():
+    """One activation channel 100x the others: with one int8 scale per row the rest of the row
+    rounds to a few levels; smoothed (x / s, w * s) the product is several times closer."""
+    from edgespec.export.prefill_graph import per_channel_int8, smoothing
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((64, 256)).astype(np.float32)
+    x[:, 7] *= 100.0
+    w = rng.standard_normal((96, 256)).astype(np.float32)
+
+    def int8_product(x, w):
+        scale = np.abs(x).max(axis=1, keepdims=True) / 127
+        w8, w_scale = per_channel_int8(w)
+        return (np.rint(x / scale) @ w8.astype(np.float32)) * scale * w_scale
+
+    exact = x @ w.T
+    s = smoothing(np.abs(x).max(axis=0), np.abs(w).max(axis=0))
+    plain = np.abs(int8_product(x, w) - exact).mean()
+    smoothed = np.abs(int8_product(x / s, w * s) - exact).mean()
+    assert smoothed < plain / 3, (smoothed, plain)
+
+
+def test_the_manifest_says_how_prompts_are_computed(tiny_int4_bundle):
+    record = read_manifest(tiny_int4_bundle).prefill_graph
+    assert record["smoothing"].startswith("SmoothQuant factors sqrt(max|x| / max|w|) per channel from 512 tokens of heapq")
+    assert record["activations"] == "uint8 per row, symmetric (max |x| / 127, zero point 128)"
