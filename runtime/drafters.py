@@ -22,6 +22,7 @@ from ..contract.errors import InputError
 from .sampling import SamplingParams, probabilities, sample
 from .session import Session
 from .policy import CostAwareLength, DraftLength
+from .policy_config import DEFAULT, PolicyConfig
 from .tree import DraftTree
 from .verify import Verdict
 
@@ -47,6 +48,7 @@ def register(name: str):
 
 
 NEEDS_DRAFT_MODEL = {"model", "cross", "self"}
+_CONFIGURED = object()  # default of a keyword whose None means something else: take the config's value
 
 
 def create(name: str, gen, params: SamplingParams, seeds: np.random.SeedSequence | None = None) -> Drafter:
@@ -89,18 +91,19 @@ class ModelDrafter:
     policy says: a cost-aware one prices each token by the draft's confidence
     in its path (up to k_max tokens); the heuristic one stops at k tokens or
     when the confidence drops below `min_confidence`. A tree is the draft's
-    chain plus, at each depth, the next most likely tokens as leaf siblings,
-    kept while their path probability stays above `branch_min_prob` and the
-    node budget lasts: the alternatives cost no extra draft step, only verify
-    width.
+    chain plus, at each depth, the next most likely tokens as leaf siblings
+    (`branch_width` of them), kept while their path probability stays above
+    `branch_min_prob` and the node budget lasts: the alternatives cost no extra
+    draft step, only verify width.
     """
 
     name = "model"
 
     def __init__(self, session: Session, params: SamplingParams = SamplingParams(), tree: bool = False,
-                 length: DraftLength | None = None, min_confidence: float = 0.3,
-                 branch_width: int = 2, branch_min_prob: float = 0.1, rng: np.random.Generator | None = None,
-                 window: int | None = 128, rejoin: int = 32):
+                 length: DraftLength | None = None, min_confidence: float | None = None,
+                 branch_width: int | None = None, branch_min_prob: float | None = None,
+                 rng: np.random.Generator | None = None, window: int | None | object = _CONFIGURED,
+                 rejoin: int | None = None, config: PolicyConfig = DEFAULT):
         """rng: the stream sampled drafts are drawn from. It must not replay the verifier's
         uniforms (as a generator built from the same seed would); None: fresh entropy.
         window: the draft reads only the last `window` tokens of the prompt (and everything
@@ -108,17 +111,22 @@ class ModelDrafter:
         few tokens. None: the whole prompt.
         rejoin: when other drafters drafted so many passes that the draft is more than this
         many tokens behind, it restarts from the last `rejoin` tokens instead of reading all
-        it missed, so auto's catch-up cost is bounded (0.1 s for the 0.5B)."""
+        it missed, so auto's catch-up cost is bounded.
+        min_confidence, branch_width, branch_min_prob, window, rejoin: this drafter's own
+        values (unset: the config's heuristic_min_confidence, draft_branch_width,
+        draft_branch_min_prob, draft_window, draft_rejoin)."""
         self.session = session
-        self.window, self.rejoin = window, rejoin
+        self.config = config
+        self.window = config.draft_window if window is _CONFIGURED else window
+        self.rejoin = config.draft_rejoin if rejoin is None else rejoin
         self._offset: int | None = None  # context tokens the draft skips (first proposal; moved on rejoin)
         self._step_ms, self._proposed_at = None, time.perf_counter()
         self.params = params
         self.tree = tree
-        self.length = length or DraftLength()
-        self.min_confidence = min_confidence
-        self.branch_width = branch_width
-        self.branch_min_prob = branch_min_prob
+        self.length = length or DraftLength.from_config(config)
+        self.min_confidence = config.heuristic_min_confidence if min_confidence is None else min_confidence
+        self.branch_width = config.draft_branch_width if branch_width is None else branch_width
+        self.branch_min_prob = config.draft_branch_min_prob if branch_min_prob is None else branch_min_prob
         self.rng = rng if rng is not None else np.random.default_rng()
         self._depth = 0
         self._peeked, self._peek_s = None, 0.0  # (context, logits, seconds) of the last peek
@@ -227,7 +235,7 @@ class ModelDrafter:
         self._depth = tree.depths().max() if len(tree) > 1 else 0
         self._proposed_at = time.perf_counter()
         # A sync that fed a whole prompt is a prefill, not a draft step's cost.
-        steady = self._depth and self.session.last_fed <= 4
+        steady = self._depth and self.session.last_fed <= self.config.draft_steady_feed
         spent = self._proposed_at - started + self._peek_s
         self._step_ms = spent * 1000 / self._steps if steady else None
         return tree
@@ -241,7 +249,8 @@ class ModelDrafter:
 
 @register("model")
 def _model(gen, params, seeds=None):
-    return ModelDrafter(gen.draft, params, tree=gen.tree, length=gen._length_policy(), rng=_own_rng(seeds))
+    return ModelDrafter(gen.draft, params, tree=gen.tree, length=gen._length_policy(), rng=_own_rng(seeds),
+                        config=gen.policy_config)
 
 
 @register("self")
@@ -249,7 +258,7 @@ def _self(gen, params, seeds=None):
     """The target's own shallow copy (`edgespec export --layers`) drafting as a model would."""
     t, d = gen.target.manifest, gen.draft.manifest
     if not d.layers_kept or d.source.get("sha256") != t.source.get("sha256"):
-        from ..export.errors import EdgespecError
+        from ..contract.errors import EdgespecError
         raise EdgespecError(f"drafter 'self' needs a draft exported from the target's own source with "
                             f"--layers; {gen.draft.path.name} is not one (use --drafter model)")
     return _model(gen, params, seeds)
@@ -259,13 +268,13 @@ def _self(gen, params, seeds=None):
 def _cross(gen, params, seeds=None):
     """A draft with another tokenizer, through text (see runtime/cross_vocab.py)."""
     from .cross_vocab import make_cross_vocab
-    return make_cross_vocab(gen.draft, gen.tokenizer)
+    return make_cross_vocab(gen.draft, gen.tokenizer, config=gen.policy_config)
 
 
 @register("ngram")
-def _ngram(gen, params, seeds=None, **kwargs):
+def _ngram(gen, params, seeds=None):
     from .ngram import NgramDrafter
-    return _NgramAdapter(NgramDrafter(**kwargs))
+    return _NgramAdapter(NgramDrafter(config=gen.policy_config))
 
 
 class _NgramAdapter:
@@ -288,7 +297,7 @@ class _NgramAdapter:
 def _recycle(gen, params, seeds=None):
     from .recycle import RecycleDrafter
     if gen.recycler is None:
-        gen.recycler = RecycleDrafter(gen.target.vocab_size)
+        gen.recycler = RecycleDrafter(gen.target.vocab_size, config=gen.policy_config)
     return gen.recycler
 
 
@@ -312,20 +321,21 @@ def _auto(gen, params, seeds=None):
     verify curve does not give away. So each pass picks one (runtime/auto.py).
     """
     from .auto import AutoDrafter
+    config = gen.policy_config
     lookup = _ngram(gen, params, seeds)
     if not gen.use_profiles:
-        return AutoDrafter(lookup, _model(gen, params, seeds) if gen.draft is not None else None)
+        return AutoDrafter(lookup, _model(gen, params, seeds) if gen.draft is not None else None, config=config)
     from ..devices.profile import QUICK_SIZES, load_or_measure
     target = load_or_measure(gen.target, sizes=QUICK_SIZES)  # cached, or measured now (seconds)
     if gen.draft is None:
-        return AutoDrafter(lookup, None, target.cost)
+        return AutoDrafter(lookup, None, target.cost, config=config)
     draft = load_or_measure(gen.draft, sizes=QUICK_SIZES)
-    # Siblings of the chain cost verify width: worth it only where width is nearly free
-    # (measured on a 2-core CPU: every extra token costs ~25% of a pass, and trees lost).
-    tree = gen.tree and target.cost(8) <= 1.5 * target.cost(1)
-    model = ModelDrafter(gen.draft, params, tree=tree, length=CostAwareLength(target.cost, draft.cost(1)),
-                         rng=_own_rng(seeds))
-    return AutoDrafter(lookup, model, target.cost, draft_prefill_ms=draft.cost(8) / 8)
+    # Siblings of the chain cost verify width: worth it only where width is nearly free.
+    tree = gen.tree and target.cost(config.tree_probe_size) <= config.tree_cost_ratio * target.cost(1)
+    length = CostAwareLength(target.cost, draft.cost(1), config=config)
+    model = ModelDrafter(gen.draft, params, tree=tree, length=length, rng=_own_rng(seeds), config=config)
+    batch = config.prefill_batch
+    return AutoDrafter(lookup, model, target.cost, draft_prefill_ms=draft.cost(batch) / batch, config=config)
 
 
 class MixedDrafter:

@@ -22,6 +22,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+from .policy_config import DEFAULT, PolicyConfig
+
 
 def expected_tokens(a: float, k: int) -> float:
     if a >= 1.0:
@@ -33,9 +35,13 @@ def expected_tokens(a: float, k: int) -> float:
 class DraftLength:
     """Heuristic schedule (HF assisted generation): +1 after a fully accepted draft, -1 after a
     rejection. Used when no device profile is known."""
-    k: int = 3
-    k_min: int = 1
-    k_max: int = 8
+    k: int = DEFAULT.heuristic_k
+    k_min: int = DEFAULT.heuristic_k_min
+    k_max: int = DEFAULT.heuristic_k_max
+
+    @classmethod
+    def from_config(cls, config: PolicyConfig) -> DraftLength:
+        return cls(config.heuristic_k, config.heuristic_k_min, config.heuristic_k_max)
 
     def update(self, accepted: int, proposed_depth: int) -> None:
         if proposed_depth and accepted >= proposed_depth:
@@ -50,29 +56,28 @@ class CostAwareLength:
     verify_ms(s): target pass over s tokens; draft_ms: one draft step.
     """
 
-    PRIOR_TRIALS = 4.0
-    PROBE_MAX = 64
-
-    def __init__(self, verify_ms: Callable[[int], float], draft_ms: float, k_max: int = 10,
-                 prior: float = 0.8, decay: float = 0.9, probe_every: int = 16, cost_decay: float = 0.8):
-        """prior: per-token acceptance before any evidence, worth PRIOR_TRIALS trials, so that
-        one early rejection (at 0.9 decay) cannot stop a same-family draft on its own.
+    def __init__(self, verify_ms: Callable[[int], float], draft_ms: float, k_max: int | None = None,
+                 prior: float | None = None, decay: float | None = None, probe_every: int | None = None,
+                 cost_decay: float | None = None, config: PolicyConfig = DEFAULT):
+        """prior: per-token acceptance before any evidence, worth `config.prior_trials` trials.
         probe_every: passes without drafting before a probe; each probe that is rejected doubles
-        the wait (up to PROBE_MAX): a probe pays the draft's catch-up over every token it
-        missed, about a tenth of a pass per token for the 0.5B, which a probe every 16 passes
-        turned into a 10% loss on text the draft does not predict."""
+        the wait (up to `config.length_probe_max`): a probe pays the draft's catch-up over every
+        token it missed. k_max, prior, decay, probe_every, cost_decay: this policy's own values
+        (None: the config's length_k_max, draft_prior, acceptance_decay, length_probe_every,
+        cost_decay)."""
+        self.config = config
         self.profile_ms = verify_ms
         self.draft_ms = draft_ms
-        self.k_max = k_max
-        self.decay = decay
-        self.trials = self.PRIOR_TRIALS  # pseudo-counts of the prior
-        self.successes = prior * self.PRIOR_TRIALS
-        self.probe_every = self.probe_gap = probe_every
+        self.k_max = config.length_k_max if k_max is None else k_max
+        self.decay = config.acceptance_decay if decay is None else decay
+        self.trials = config.prior_trials  # pseudo-counts of the prior
+        self.successes = (config.draft_prior if prior is None else prior) * config.prior_trials
+        self.probe_every = self.probe_gap = config.length_probe_every if probe_every is None else probe_every
         self.idle = 0
         # Live costs: a shared CPU runs faster or slower than when the profile was taken, and
         # draft and target do not slow down alike. The profile gives the curve's shape; passes
         # timed during generation set its level and the draft step's cost.
-        self.cost_decay = cost_decay
+        self.cost_decay = config.cost_decay if cost_decay is None else cost_decay
         self.verify_scale = 1.0
         # A one-token pass is memory-bound where wider ones are compute-bound, so the two move
         # apart under conditions the profile did not see: on 2 MB pages (chat, serve, bench) a
@@ -157,7 +162,8 @@ class CostAwareLength:
     def update(self, accepted: int, proposed_depth: int) -> None:
         if self.probing:  # the next probe waits longer unless this one was accepted whole
             paid = proposed_depth and accepted >= proposed_depth
-            self.probe_gap = self.probe_every if paid else min(2 * self.probe_gap, self.PROBE_MAX)
+            longest = self.config.length_probe_max
+            self.probe_gap = self.probe_every if paid else min(2 * self.probe_gap, longest)
             self.idle = 0
         # Each drafted position up to the first rejection is one Bernoulli trial of a.
         trials = min(accepted + 1, proposed_depth)
