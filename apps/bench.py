@@ -42,13 +42,15 @@ from typing import Callable, NamedTuple, Sequence
 
 from ..contract.errors import EdgespecError, InputError
 from ..contract.manifest import read_manifest
+from ..runtime.drafters import bench_modes
 from ..runtime.memory import peak_rss_mb
 
-EDGESPEC_MODES = ("plain", "chain", "tree", "ngram", "auto", "mixed", "recycle")
+# Each drafter registers the bench modes that run it (runtime/drafters.py); plain runs none.
+EDGESPEC_MODES = ("plain", *bench_modes())
 GENAI_MODES = ("genai", "genai-spec", "genai-ngram")
 MODES = EDGESPEC_MODES + GENAI_MODES
 DEFAULT_MODES = ("plain", "chain", "tree", "ngram", "auto", "genai", "genai-spec", "genai-ngram")
-NEEDS_DRAFT = ("chain", "tree", "genai-spec")
+NEEDS_DRAFT = (*(mode for mode, (_, _, spec) in bench_modes().items() if spec.needs_draft), "genai-spec")
 ANCHOR = "genai"
 REFERENCE = "plain"  # outputs of every mode are compared with this one
 GENAI_DRAFT_TOKENS = 4  # onnxruntime-genai's default max_draft_tokens
@@ -416,14 +418,10 @@ def _runners(modes, target_path: Path, draft_path: Path | None, genai_path: Path
         return lambda: EdgespecRunner(_generator(session("target-quiet" if draft else "target"),
                                                  session("draft") if draft else None, tree, drafter))
 
-    factories: dict[str, Callable[[], object]] = {
-        "plain": edgespec(True, "none", False),
-        "chain": edgespec(False, "model", True),
-        "tree": edgespec(True, "model", True),
-        "ngram": edgespec(True, "ngram", False),
-        "auto": edgespec(True, "auto", draft_path is not None),
-        "mixed": edgespec(True, "mixed", draft_path is not None),
-        "recycle": edgespec(True, "recycle", False),
+    factories: dict[str, Callable[[], object]] = {"plain": edgespec(True, "none", False)}
+    for mode, (drafter, tree, spec) in bench_modes().items():
+        factories[mode] = edgespec(tree, drafter, spec.needs_draft or (spec.uses_draft and draft_path is not None))
+    factories |= {
         "genai": lambda: GenaiRunner(genai(False)),
         "genai-spec": lambda: GenaiRunner(genai(True), draft=True),
         "genai-ngram": lambda: GenaiRunner(genai(False), ngram_size=GENAI_NGRAM_SIZE),

@@ -6,8 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..contract.files import replacing
+from ..runtime.drafters import bench_modes
 
-SPECULATIVE = ("chain", "tree", "ngram", "auto", "mixed", "recycle", "genai-spec", "genai-ngram")
+SPECULATIVE = (*bench_modes(), "genai-spec", "genai-ngram")
 
 
 def plot_suite(result: dict, path: str | Path) -> Path:

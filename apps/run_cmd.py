@@ -7,6 +7,7 @@ import time
 
 import click
 
+from ..runtime.drafters import choices as drafter_choices
 from .options import BUDGET, MAX_TOKENS, SEED, THREADS, Invocation, not_empty, pass_invocation
 
 DEFAULT_TARGET = "qwen2.5-coder-1.5b"
@@ -18,7 +19,7 @@ def model_options(f):
     options = [
         click.option("--target", default=DEFAULT_TARGET, show_default=True, help="bundle folder or preset"),
         click.option("--draft", default=DEFAULT_DRAFT, show_default=True, help="bundle, preset, or 'none'"),
-        click.option("--drafter", type=click.Choice(["auto", "model", "ngram", "recycle", "mixed", "self", "cross", "none"]),
+        click.option("--drafter", type=click.Choice(drafter_choices()),
                      default=None, help="default: auto when a draft is given, else none"),
         click.option("--tree/--chain", default=True, show_default=True, help="draft a token tree or a chain"),
         click.option("--budget", type=BUDGET, default=8, show_default=True, help="max drafted tokens per pass"),

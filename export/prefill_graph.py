@@ -194,18 +194,23 @@ def activation_ranges(bundle: Path, manifest: Manifest, model: onnx.ModelProto, 
         sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     finally:
         path.unlink()
-    s, m = len(ids), manifest
-    feeds = {m.inputs["input_ids"]: np.array([ids], np.int64),
-             m.inputs["attention_mask"]: np.ones((1, s), np.int64),
-             m.inputs["position_ids"]: np.arange(s, dtype=np.int64)[None],
-             m.inputs["attention_bias"]: np.triu(np.full((s, s), -np.inf, np.float32), 1)[None, None]}
-    if "num_logits" in m.inputs:
-        feeds[m.inputs["num_logits"]] = np.array([1], np.int64)
-    empty = np.zeros((1, m.num_kv_heads, 0, m.head_dim), np.float32)
-    for layer in range(m.num_layers):
-        feeds[m.inputs["past_key"] % layer] = feeds[m.inputs["past_value"] % layer] = empty
-    outputs = sess.run(names, feeds)
-    return {name: np.abs(out).reshape(-1, out.shape[-1]).max(axis=0) for name, out in zip(names, outputs)}
+    m, ranges = manifest, {}
+    for start in range(0, len(ids), m.max_context):  # passes that fit the graph's rotary tables
+        part = ids[start:start + m.max_context]
+        s = len(part)
+        feeds = {m.inputs["input_ids"]: np.array([part], np.int64),
+                 m.inputs["attention_mask"]: np.ones((1, s), np.int64),
+                 m.inputs["position_ids"]: np.arange(s, dtype=np.int64)[None],
+                 m.inputs["attention_bias"]: np.triu(np.full((s, s), -np.inf, np.float32), 1)[None, None]}
+        if "num_logits" in m.inputs:
+            feeds[m.inputs["num_logits"]] = np.array([1], np.int64)
+        empty = np.zeros((1, m.num_kv_heads, 0, m.head_dim), np.float32)
+        for layer in range(m.num_layers):
+            feeds[m.inputs["past_key"] % layer] = feeds[m.inputs["past_value"] % layer] = empty
+        for name, out in zip(names, sess.run(names, feeds)):
+            peak = np.abs(out).reshape(-1, out.shape[-1]).max(axis=0)
+            ranges[name] = np.maximum(ranges[name], peak) if name in ranges else peak
+    return ranges
 
 
 def wants_prefill_graph(manifest: Manifest) -> bool:

@@ -68,6 +68,7 @@ class Generator:
         self.prompt_store = prompt_store
         self.use_profiles = True  # size drafts from cached device profiles (`edgespec devices --profile`)
         self.policy_config = DEFAULT  # the drafting policy's tuned numbers (runtime/policy_config.py)
+        self.drafter_state: dict = {}  # drafter state that outlives a call (token recycling's table)
         from .tokenizer import BundleTokenizer
         self.target = target
         self.draft = draft
@@ -76,31 +77,29 @@ class Generator:
         self.tree = tree
         self.budget = budget
         self.drafter_name = drafter or ("auto" if draft is not None else "none")
-        if self.drafter_name not in drafters.REGISTRY and self.drafter_name != "none":
+        if self.drafter_name not in drafters.choices():
             raise InputError(f"unknown drafter '{self.drafter_name}'; choose one of "
                              f"none, {', '.join(sorted(drafters.REGISTRY))}")
-        if self.drafter_name in drafters.NEEDS_DRAFT_MODEL and draft is None:
+        if drafters.needs_draft(self.drafter_name) and draft is None:
             raise EdgespecError(f"drafter '{self.drafter_name}' needs a draft bundle (--draft)")
         self.tokenizer = BundleTokenizer(target.path)
         self.eos = set(target.manifest.eos_token_ids)
-        self.recycler = None  # token recycling's table outlives a call: it is knowledge about the model
         trim_heap()  # reading the tokenizer left freed heap behind
+
+    def draft_context(self, params: SamplingParams, seeds: np.random.SeedSequence | None = None):
+        """What this Generator gives a drafter factory for one generation (drafters.create)."""
+        return drafters.DraftContext(self.target, self.draft, self.tokenizer, params, seeds, self.tree,
+                                     self.policy_config, self.use_profiles, self.drafter_state)
+
+    @property
+    def recycler(self):
+        """Token recycling's table, once a generation has built it."""
+        return self.drafter_state.get("recycle")
 
     def _drafter(self, params: SamplingParams, seeds: np.random.SeedSequence):
         if self.drafter_name == "none":
             return None
-        return drafters.create(self.drafter_name, gen=self, params=params, seeds=seeds)
-
-    def _length_policy(self):
-        """Cost-aware draft length when both models have a device profile, else the heuristic."""
-        if not self.use_profiles:
-            return None
-        from ..devices.profile import cached
-        from .policy import CostAwareLength
-        target, draft = cached(self.target), cached(self.draft)
-        if target is None or draft is None:
-            return None
-        return CostAwareLength(target.cost, draft.cost(1), config=self.policy_config)
+        return drafters.create(self.drafter_name, self.draft_context(params, seeds))
 
     def encode(self, prompt: str | Sequence[int] | Sequence[dict], tools: Sequence[dict] | None = None,
                prefill: str = "") -> list[int]:
@@ -186,8 +185,6 @@ class Generator:
         # would draw a token with the uniform that then tests its acceptance (biased output).
         verifier_seeds, drafter_seeds = np.random.SeedSequence(params.seed).spawn(2)
         drafter = self._drafter(params, drafter_seeds)
-        if hasattr(drafter, "end"):  # a drafter that weighs what is left of the generation
-            drafter.end, drafter.prompt_len = len(ids) + max_tokens, len(ids)
         detok = Detokenizer(self.tokenizer)
         # A stop string may begin in text already emitted: keep just enough of it to see one.
         tail_len = max((len(s) for s in stops), default=1) - 1
@@ -195,9 +192,10 @@ class Generator:
         t_restore = time.perf_counter()
         stats.cached_from = self._restore(ids)
         t_restore = time.perf_counter() - t_restore
-        # the cache now holds the rows to reuse, as `history` says: decode_steps keeps them
+        # the cache now holds the rows to reuse, as its `tokens` say: decode_steps keeps them
         steps = decode_steps(self.target, ids, params, drafter, self.budget,
-                             np.random.default_rng(verifier_seeds), timing, reuse_cache=True)
+                             np.random.default_rng(verifier_seeds), timing, reuse_cache=True,
+                             end=len(ids) + max_tokens)
         t_start = time.perf_counter()
         finish = "length"
         try:
@@ -267,8 +265,7 @@ class Generator:
             if n > best:
                 best, found, source = n, rows, "disk"
         if found is not None:
-            target.cache.write_rows(found.keys, found.values, kept, best)
-            target.history = ids[:best]
+            target.cache.write_rows(found.keys, found.values, ids, kept, best)
         return source if best else ""
 
     def _remember(self, ids: list[int]) -> None:

@@ -7,12 +7,11 @@ is worth (re)starting.
 
 from __future__ import annotations
 
-import time
 from typing import Callable
 
 import numpy as np
 
-from .policy import expected_tokens
+from .policy import CostAwareLength, expected_tokens
 from .policy_config import DEFAULT, PolicyConfig
 from .tree import DraftTree
 
@@ -50,6 +49,8 @@ class AutoDrafter:
         probe_every, decay, priors ({kind: acceptance}): this drafter's own values (None: the
         config's auto_probe_every, acceptance_decay, auto_long_prior and auto_short_prior)."""
         self.config = config
+        if model is not None and draft_prefill_ms is not None and not isinstance(model.length, CostAwareLength):
+            raise TypeError("a priced auto needs a model drafter whose length policy is CostAwareLength")
         self.lookup, self.model, self.verify_ms = lookup, model, verify_ms
         self.draft_prefill_ms = draft_prefill_ms
         self.probe_every = config.auto_probe_every if probe_every is None else probe_every
@@ -91,17 +92,14 @@ class AutoDrafter:
         tree = self.lookup.propose(context, budget)
         model_pays = self.model is not None and self._model_pays(context)
         if len(tree) > 1:
-            inner = self.lookup.inner
-            kind = "long" if inner.last_match >= inner.long_match else "short"
+            kind = "long" if self.lookup.last_match >= self.lookup.long_match else "short"
             if self._prefer_lookup(kind, tree, model_pays) and self._model_agrees(context, tree, model_pays):
                 self.chosen = (self.lookup, kind)
                 self.choices[kind] += 1
-                self._proposed_at = time.perf_counter()
                 return tree
         if not model_pays:
             self.chosen = None
             self.choices["none"] += 1
-            self._proposed_at = time.perf_counter()
             return DraftTree(context[-1])
         self.chosen = (self.model, "model")
         self.choices["model"] += 1
@@ -113,7 +111,7 @@ class AutoDrafter:
         loses) against a pass of 1.5-3 mostly rejected lookup tokens. Skipped where the model is
         out or behind: an edit's copy runs keep lookup's passes free."""
         model = self.model
-        if not (model_pays and hasattr(model, "peek") and model.session.history):
+        if not (model_pays and model.warm):
             return True
         if model.lag(context) > self.config.auto_peek_lag:
             return True
@@ -143,11 +141,11 @@ class AutoDrafter:
             return misses_enough and self._entry_pays(context)
         if misses_enough:
             return True  # lookup is not delivering: the model drafts for more than a few passes
-        if not self.model.session.history:
+        if not self.model.warm:
             return True
         lag = self.model.catch_up(context)
         length = self.model.length
-        if lag <= self.config.auto_free_catch_up or length.k == 0 or getattr(length, "probing", False):
+        if lag <= self.config.auto_free_catch_up or length.k == 0 or length.probing:
             return True  # (a probe must run, or stale evidence would keep the model out for good)
         catch_up = lag * self.draft_prefill_ms / self.config.auto_catch_up_passes
         return length.rate(length.k, extra_ms=catch_up) >= length.rate(0)
@@ -158,7 +156,7 @@ class AutoDrafter:
         prompt is left to copy: lookup is expected to copy it, so the model's entry must pay
         back within what the reply has left beyond it (on edit-logging, an entry at an edit
         point took the reply from 1.74x plain to 1.41x)."""
-        end = self.lookup.inner.source_end(copied, self.prompt_len)
+        end = self.lookup.source_end(copied, self.prompt_len)
         if end is not None:
             self.to_copy = self.prompt_len - end
 
@@ -167,7 +165,7 @@ class AutoDrafter:
         (re)start costs, `auto_entry_margin` times, within `auto_payback_tokens` tokens (or the
         tokens left before max_tokens)."""
         confidence, length = self.target_confidence, self.model.length
-        if confidence is None or not hasattr(length, "best_ms_per_token"):
+        if confidence is None:
             return True
         payback = self.config.auto_payback_tokens
         left = payback if self.end is None else self.end - len(context)
@@ -193,27 +191,33 @@ class AutoDrafter:
         rival = length.rate(length.k) if model_pays else length.rate(0)
         return self._rate(self.acceptance(kind), depth, len(tree) - 1) >= rival
 
-    def observe(self, verdict, tree=None, logits=None):
+    def start(self, prompt_len: int, end: int) -> None:
+        self.prompt_len, self.end = prompt_len, end
+        self.lookup.start(prompt_len, end)
+        if self.model is not None:
+            self.model.start(prompt_len, end)
+
+    def observe(self, report):
+        verdict, tree = report.verdict, report.tree
         unmodelled = self.chosen is None or self.chosen[0] is self.lookup  # plain or lookup pass
         delivered = self.chosen is not None and self.chosen[0] is self.lookup and verdict.num_accepted > 0
         self.misses = 0 if delivered else self.misses + 1
-        if logits is not None and unmodelled:
-            self._observe_confidence(logits[verdict.accepted[-self.config.auto_confidence_rows:]])
-        length = self.model.length if self.model is not None else None
-        if unmodelled and tree is not None and hasattr(length, "observe_costs"):
-            # the model's policy prices its drafts against these passes' verify costs
-            length.observe_costs(None, (time.perf_counter() - self._proposed_at) * 1000, len(tree))
+        if unmodelled:
+            if report.logits is not None:  # (a report may leave them out: a trace without them)
+                self._observe_confidence(report.logits[verdict.accepted[-self.config.auto_confidence_rows:]])
+            if self.model is not None:  # the model's policy prices its drafts against these costs
+                self.model.length.observe_costs(None, report.verify_ms, len(tree))
         if self.chosen is None:
             return
         member, kind = self.chosen
-        member.observe(verdict, tree, logits)
-        if member is self.lookup and tree is not None:
+        member.observe(report)
+        if member is self.lookup:
             depth = int(tree.depths().max())
             evidence = self.evidence[kind]
             evidence[0] = self.decay * evidence[0] + min(verdict.num_accepted + 1, depth)
             evidence[1] = self.decay * evidence[1] + verdict.num_accepted
             self.idle[kind] = 0
-            n, accepted = self.lookup.inner.long_match, verdict.num_accepted
+            n, accepted = self.lookup.long_match, verdict.num_accepted
             if kind == "long" and accepted >= n and self.prompt_len is not None:
                 self._locate_copy(verdict.tokens[accepted - n:accepted])
 

@@ -61,7 +61,6 @@ from .policy import DraftLength
 from .policy_config import DEFAULT, PolicyConfig
 from .session import Session
 from .tree import DraftTree
-from .verify import Verdict
 
 _BAD = "\ufffd"  # what decode gives for an incomplete UTF-8 sequence
 
@@ -90,6 +89,9 @@ class CrossVocabDrafter:
         self.length = length or DraftLength(k=max_draft, k_min=config.heuristic_k_min, k_max=max_draft)
         self._drafted = 0
         self.reset()
+
+    def start(self, prompt_len: int, end: int) -> None:
+        pass
 
     def reset(self) -> None:
         self.session.reset()
@@ -168,7 +170,6 @@ class CrossVocabDrafter:
             if d + 1 == steps:
                 break
             logits = self.session.forward([best])[-1]
-            self.session.history.append(best)
         # Decode the drafted ids after a few context ids, so spaces and characters that depend
         # on the previous token come out right; cut an incomplete character at the end.
         lead = ids[-self.config.cross_lead_ids:]
@@ -184,8 +185,8 @@ class CrossVocabDrafter:
         self._drafted = len(tokens)
         return tree
 
-    def observe(self, verdict: Verdict, tree: DraftTree | None = None, logits=None) -> None:
-        self.length.update(verdict.num_accepted, self._drafted)
+    def observe(self, report) -> None:
+        self.length.update(report.verdict.num_accepted, self._drafted)
 
 
 def make_cross_vocab(draft_session: Session, target_tokenizer, **kwargs) -> CrossVocabDrafter:

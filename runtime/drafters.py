@@ -1,67 +1,122 @@
 """Drafters: `propose(context, budget) -> DraftTree`, registered by name.
 
-Every drafter proposes a tree rooted at context[-1] with at most `budget`
-nodes beyond the root, and learns from `observe(verdict, tree, logits)` how
-its last proposal fared and what the target computed for every node.
+A generation tells its drafter where it starts and stops (`start(prompt_len,
+end)`); every pass the drafter proposes a tree rooted at context[-1] with at
+most `budget` nodes beyond the root, and learns from `observe(report)` how
+the proposal fared: the verdict, the target's logits at every node, and what
+drafting and verifying cost, timed once by the decode loop.
 
-A factory gets the generation's drafter seeds (a SeedSequence): a drafter that
-samples spawns its own child stream from it. A stream of its own matters: a
-drafter drawing the verifier's uniforms would draw a token with the uniform
+A factory gets a DraftContext: the sessions, the sampling, the policy's
+config, and the generation's drafter seeds (a SeedSequence), from which a
+drafter that samples spawns its own child stream. A stream of its own matters:
+a drafter drawing the verifier's uniforms would draw a token with the uniform
 that then tests its acceptance, and seeded output would no longer follow the
-target's distribution.
+target's distribution. What a drafter needs (a draft model or not) and which
+bench modes run it is registered with its factory, and read from there by the
+CLI, the Generator and `edgespec bench`.
 """
 
 from __future__ import annotations
 
-import time
-from typing import Callable, Protocol, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 
 from ..contract.errors import InputError
 from .sampling import SamplingParams, probabilities, sample
 from .session import Session
-from .policy import CostAwareLength, DraftLength
+from .policy import CostAwareLength, DraftLength, LengthPolicy
 from .policy_config import DEFAULT, PolicyConfig
 from .tree import DraftTree
 from .verify import Verdict
 
 
+@dataclass
+class PassReport:
+    """One target pass over a proposal, as the decode loop saw it."""
+    verdict: Verdict
+    tree: DraftTree
+    logits: np.ndarray | None  # [nodes, vocab]: the target's at every node (None: not recorded)
+    draft_ms: float  # the drafter's propose()
+    verify_ms: float  # the target's pass over the tree, verification, keeping the accepted rows
+
+
 class Drafter(Protocol):
     name: str
 
+    def start(self, prompt_len: int, end: int) -> None:
+        """A generation begins: its first `prompt_len` context tokens are the prompt, and it
+        stops before the context reaches `end` tokens."""
+
     def propose(self, context: Sequence[int], budget: int) -> DraftTree: ...
 
-    def observe(self, verdict: Verdict, tree: DraftTree, logits: np.ndarray) -> None: ...
+    def observe(self, report: PassReport) -> None: ...
 
     def reset(self) -> None: ...
 
 
-REGISTRY: dict[str, Callable[..., Drafter]] = {}
+@dataclass
+class DraftContext:
+    """What a drafter factory may use of the Generator it drafts for."""
+    target: Session
+    draft: Session | None
+    tokenizer: Any  # the target's (a draft with another vocabulary maps through text)
+    params: SamplingParams
+    seeds: np.random.SeedSequence | None = None  # the generation's drafter seeds (None: fresh entropy)
+    tree: bool = True  # model drafts may add siblings where verify width is cheap
+    config: PolicyConfig = DEFAULT
+    use_profiles: bool = True  # size drafts from cached device profiles (`edgespec devices --profile`)
+    kept: dict = field(default_factory=dict)  # drafter state that outlives a generation, by drafter
+
+    def own_rng(self) -> np.random.Generator:
+        """A random stream for one drafter: a new child of the generation's drafter seeds."""
+        return np.random.default_rng(self.seeds.spawn(1)[0] if self.seeds is not None else None)
 
 
-def register(name: str):
+@dataclass(frozen=True)
+class DrafterSpec:
+    factory: Callable[[DraftContext], Drafter]
+    needs_draft: bool  # cannot run without a draft bundle (--draft)
+    uses_draft: bool  # drafts with one when it is given
+    bench: tuple[tuple[str, bool], ...]  # `edgespec bench` modes that run it: (mode, tree)
+
+
+REGISTRY: dict[str, DrafterSpec] = {}
+
+
+def register(name: str, needs_draft: bool = False, uses_draft: bool | None = None,
+             bench: tuple[tuple[str, bool], ...] = ()):
+    """bench: the modes of `edgespec bench` that run this drafter, each with the Generator's
+    tree flag; `uses_draft` defaults to `needs_draft`."""
     def wrap(factory):
-        REGISTRY[name] = factory
+        REGISTRY[name] = DrafterSpec(factory, needs_draft, needs_draft if uses_draft is None else uses_draft, bench)
         return factory
     return wrap
 
 
-NEEDS_DRAFT_MODEL = {"model", "cross", "self"}
+def choices() -> list[str]:
+    """Every drafter's name, and "none" (plain decoding)."""
+    return [*REGISTRY, "none"]
+
+
+def needs_draft(name: str) -> bool:
+    return name in REGISTRY and REGISTRY[name].needs_draft
+
+
+def bench_modes() -> dict[str, tuple[str, bool, DrafterSpec]]:
+    """`edgespec bench` mode -> (drafter, tree flag, spec), in registration order."""
+    return {mode: (name, tree, spec) for name, spec in REGISTRY.items() for mode, tree in spec.bench}
+
+
 _CONFIGURED = object()  # default of a keyword whose None means something else: take the config's value
 
 
-def create(name: str, gen, params: SamplingParams, seeds: np.random.SeedSequence | None = None) -> Drafter:
-    """A fresh drafter for one generation by `gen` (a runtime.api.Generator). seeds: the
-    generation's seeds for drafters, independent of the verifier's (None: fresh entropy)."""
+def create(name: str, ctx: DraftContext) -> Drafter:
+    """A fresh drafter for one generation."""
     if name not in REGISTRY:
         raise InputError(f"unknown drafter '{name}'; choose one of {', '.join(sorted(REGISTRY))}")
-    return REGISTRY[name](gen, params, seeds)
-
-
-def _own_rng(seeds: np.random.SeedSequence | None) -> np.random.Generator:
-    """A random stream for one drafter: a new child of the generation's drafter seeds."""
-    return np.random.default_rng(seeds.spawn(1)[0] if seeds is not None else None)
+    return REGISTRY[name].factory(ctx)
 
 
 def top_candidates(logits: np.ndarray, width: int, params: SamplingParams):
@@ -88,9 +143,9 @@ class ModelDrafter:
     The draft session's cache follows the context: before drafting, it is
     rewound to the longest prefix it shares with the context and fed the rest
     (the first call prefills the prompt). The chain stops where the length
-    policy says: a cost-aware one prices each token by the draft's confidence
-    in its path (up to k_max tokens); the heuristic one stops at k tokens or
-    when the confidence drops below `min_confidence`. A tree is the draft's
+    policy says (policy.LengthPolicy): a cost-aware one prices each token by the
+    draft's confidence in its path; the heuristic one stops at k tokens or when
+    the confidence drops below its minimum. A tree is the draft's
     chain plus, at each depth, the next most likely tokens as leaf siblings
     (`branch_width` of them), kept while their path probability stays above
     `branch_min_prob` and the node budget lasts: the alternatives cost no extra
@@ -100,8 +155,7 @@ class ModelDrafter:
     name = "model"
 
     def __init__(self, session: Session, params: SamplingParams = SamplingParams(), tree: bool = False,
-                 length: DraftLength | None = None, min_confidence: float | None = None,
-                 branch_width: int | None = None, branch_min_prob: float | None = None,
+                 length: LengthPolicy | None = None, branch_width: int | None = None, branch_min_prob: float | None = None,
                  rng: np.random.Generator | None = None, window: int | None | object = _CONFIGURED,
                  rejoin: int | None = None, config: PolicyConfig = DEFAULT):
         """rng: the stream sampled drafts are drawn from. It must not replay the verifier's
@@ -112,30 +166,36 @@ class ModelDrafter:
         rejoin: when other drafters drafted so many passes that the draft is more than this
         many tokens behind, it restarts from the last `rejoin` tokens instead of reading all
         it missed, so auto's catch-up cost is bounded.
-        min_confidence, branch_width, branch_min_prob, window, rejoin: this drafter's own
-        values (unset: the config's heuristic_min_confidence, draft_branch_width,
-        draft_branch_min_prob, draft_window, draft_rejoin)."""
+        branch_width, branch_min_prob, window, rejoin: this drafter's own values (unset: the
+        config's draft_branch_width, draft_branch_min_prob, draft_window, draft_rejoin)."""
         self.session = session
         self.config = config
         self.window = config.draft_window if window is _CONFIGURED else window
         self.rejoin = config.draft_rejoin if rejoin is None else rejoin
         self._offset: int | None = None  # context tokens the draft skips (first proposal; moved on rejoin)
-        self._step_ms, self._proposed_at = None, time.perf_counter()
         self.params = params
         self.tree = tree
         self.length = length or DraftLength.from_config(config)
-        self.min_confidence = config.heuristic_min_confidence if min_confidence is None else min_confidence
         self.branch_width = config.draft_branch_width if branch_width is None else branch_width
         self.branch_min_prob = config.draft_branch_min_prob if branch_min_prob is None else branch_min_prob
         self.rng = rng if rng is not None else np.random.default_rng()
-        self._depth = 0
-        self._peeked, self._peek_s = None, 0.0  # (context, logits, seconds) of the last peek
+        self._depth = self._steps = 0  # of the last proposal: its depth, the draft steps it took
+        self._steady = False  # whether those steps fed a few tokens each (a prefill is no step)
+        self._peeked = None  # (context, logits) of the last peek
         self.ids = session.logit_ids  # logit column -> token id (a frequent-token draft head), or None
         self.vocab_size = session.vocab_size
+
+    def start(self, prompt_len: int, end: int) -> None:
+        pass
 
     def reset(self) -> None:
         self.session.reset()
         self._offset, self._peeked = None, None
+
+    @property
+    def warm(self) -> bool:
+        """Whether the draft holds any of the context (it has drafted since its last reset)."""
+        return bool(self.session.history)
 
     def lag(self, context: Sequence[int]) -> int:
         """Context tokens the draft has not read yet."""
@@ -159,9 +219,8 @@ class ModelDrafter:
     def peek(self, context: Sequence[int]) -> int:
         """The token the draft ranks first after `context`; the step is kept for the next
         proposal after the same context."""
-        started = time.perf_counter()
         logits = self._logits_after(context)
-        self._peeked = (list(context), logits, time.perf_counter() - started)
+        self._peeked = (list(context), logits)
         best = int(np.argmax(logits))
         return int(self.ids[best]) if self.ids is not None else best
 
@@ -170,23 +229,17 @@ class ModelDrafter:
         or the logits a `peek` at this context already computed."""
         peeked, self._peeked = self._peeked, None
         if peeked is not None and peeked[0] == list(context):
-            self._peek_s = peeked[2]
             return peeked[1]
         if self._offset is None or self.lag(context) > self.rejoin:  # (far behind: other drafters')
             self._offset = self._entry_offset(context)
         return self.session.sync(context[self._offset:])
 
     def propose(self, context: Sequence[int], budget: int) -> DraftTree:
-        started = time.perf_counter()
-        self._peek_s = 0.0
         tree = DraftTree(context[-1])
-        priced = hasattr(self.length, "worth_including")  # a cost-aware policy prices each token
-        most = self.length.k_max if priced and self.length.k else self.length.k
-        depth = min(most, budget, self.session.max_len - len(context) - 1)
-        self._steps = 0
+        depth = min(self.length.longest(), budget, self.session.max_len - len(context) - 1)
+        self._depth = self._steps = 0
+        self._steady = False
         if depth <= 0:
-            self._depth, self._step_ms = 0, None
-            self._proposed_at = time.perf_counter()
             return tree
         logits = self._logits_after(context)  # [V] draft logits after the context
         self._steps = 1
@@ -204,10 +257,8 @@ class ModelDrafter:
                 confidence = float(p.max())
             # Stop on the draft's confidence *before* drawing: a stop that looked at the drawn
             # token would change the proposal distribution q and bias sampled output.
-            if priced and not self.length.worth_including(d, path_prob * confidence):
+            if not self.length.keeps(d, path_prob, confidence):
                 break  # the draft is unsure: verifying more would mostly waste target work
-            if not priced and d > 0 and confidence < self.min_confidence:
-                break
             path_prob *= confidence
             if deterministic:
                 token, q = int(order[0]), None
@@ -227,92 +278,82 @@ class ModelDrafter:
             node = child
             if d + 1 == depth or used >= budget:
                 break
-            if priced and not self.length.worth_looking(d + 1, path_prob):
+            if not self.length.looks(d + 1, path_prob):
                 break
             logits = self.session.forward([token])[-1]
-            self.session.history.append(token)
             self._steps += 1
         self._depth = tree.depths().max() if len(tree) > 1 else 0
-        self._proposed_at = time.perf_counter()
         # A sync that fed a whole prompt is a prefill, not a draft step's cost.
-        steady = self._depth and self.session.last_fed <= self.config.draft_steady_feed
-        spent = self._proposed_at - started + self._peek_s
-        self._step_ms = spent * 1000 / self._steps if steady else None
+        self._steady = bool(self._depth) and self.session.last_fed <= self.config.draft_steady_feed
         return tree
 
-    def observe(self, verdict: Verdict, tree: DraftTree | None = None, logits=None) -> None:
-        self.length.update(verdict.num_accepted, int(self._depth))
-        if hasattr(self.length, "observe_costs") and tree is not None:
-            verify_ms = (time.perf_counter() - self._proposed_at) * 1000
-            self.length.observe_costs(self._step_ms, verify_ms, len(tree))
+    def observe(self, report: PassReport) -> None:
+        self.length.update(report.verdict.num_accepted, int(self._depth))
+        step_ms = report.draft_ms / self._steps if self._steady else None
+        self.length.observe_costs(step_ms, report.verify_ms, len(report.tree))
 
 
-@register("model")
-def _model(gen, params, seeds=None):
-    return ModelDrafter(gen.draft, params, tree=gen.tree, length=gen._length_policy(), rng=_own_rng(seeds),
-                        config=gen.policy_config)
+def _length_policy(ctx: DraftContext) -> LengthPolicy:
+    """Cost-aware draft length when both models have a device profile, else the heuristic."""
+    if ctx.use_profiles:
+        from ..devices.profile import cached
+        target, draft = cached(ctx.target), cached(ctx.draft)
+        if target is not None and draft is not None:
+            return CostAwareLength(target.cost, draft.cost(1), config=ctx.config)
+    return DraftLength.from_config(ctx.config)
 
 
-@register("self")
-def _self(gen, params, seeds=None):
+@register("model", needs_draft=True, bench=(("chain", False), ("tree", True)))
+def _model(ctx: DraftContext) -> ModelDrafter:
+    return ModelDrafter(ctx.draft, ctx.params, tree=ctx.tree, length=_length_policy(ctx), rng=ctx.own_rng(),
+                        config=ctx.config)
+
+
+@register("self", needs_draft=True)
+def _self(ctx: DraftContext) -> ModelDrafter:
     """The target's own shallow copy (`edgespec export --layers`) drafting as a model would."""
-    t, d = gen.target.manifest, gen.draft.manifest
+    t, d = ctx.target.manifest, ctx.draft.manifest
     if not d.layers_kept or d.source.get("sha256") != t.source.get("sha256"):
         from ..contract.errors import EdgespecError
         raise EdgespecError(f"drafter 'self' needs a draft exported from the target's own source with "
-                            f"--layers; {gen.draft.path.name} is not one (use --drafter model)")
-    return _model(gen, params, seeds)
+                            f"--layers; {ctx.draft.path.name} is not one (use --drafter model)")
+    return _model(ctx)
 
 
-@register("cross")
-def _cross(gen, params, seeds=None):
+@register("cross", needs_draft=True)
+def _cross(ctx: DraftContext):
     """A draft with another tokenizer, through text (see runtime/cross_vocab.py)."""
     from .cross_vocab import make_cross_vocab
-    return make_cross_vocab(gen.draft, gen.tokenizer, config=gen.policy_config)
+    return make_cross_vocab(ctx.draft, ctx.tokenizer, config=ctx.config)
 
 
-@register("ngram")
-def _ngram(gen, params, seeds=None):
+@register("ngram", bench=(("ngram", True),))
+def _ngram(ctx: DraftContext):
     from .ngram import NgramDrafter
-    return _NgramAdapter(NgramDrafter(config=gen.policy_config))
+    return NgramDrafter(config=ctx.config)
 
 
-class _NgramAdapter:
-    name = "ngram"
-
-    def __init__(self, inner):
-        self.inner = inner
-
-    def propose(self, context, budget):
-        return self.inner.propose(context, budget)
-
-    def observe(self, verdict, tree=None, logits=None):
-        pass
-
-    def reset(self):
-        self.inner.reset()
-
-
-@register("recycle")
-def _recycle(gen, params, seeds=None):
+@register("recycle", bench=(("recycle", True),))
+def _recycle(ctx: DraftContext):
+    """The table is knowledge about the model, not one sequence: it outlives the generation."""
     from .recycle import RecycleDrafter
-    if gen.recycler is None:
-        gen.recycler = RecycleDrafter(gen.target.vocab_size, config=gen.policy_config)
-    return gen.recycler
+    if "recycle" not in ctx.kept:
+        ctx.kept["recycle"] = RecycleDrafter(ctx.target.vocab_size, config=ctx.config)
+    return ctx.kept["recycle"]
 
 
-@register("mixed")
-def _mixed(gen, params, seeds=None):
+@register("mixed", uses_draft=True, bench=(("mixed", True),))
+def _mixed(ctx: DraftContext):
     """Lookup, the draft model when there is one, and recycled candidates, in one tree."""
-    members = [_ngram(gen, params, seeds)]
-    if gen.draft is not None:
-        members.append(_model(gen, params, seeds))
-    members.append(_recycle(gen, params, seeds))
+    members = [_ngram(ctx)]
+    if ctx.draft is not None:
+        members.append(_model(ctx))
+    members.append(_recycle(ctx))
     return MixedDrafter(members)
 
 
-@register("auto")
-def _auto(gen, params, seeds=None):
+@register("auto", uses_draft=True, bench=(("auto", True),))
+def _auto(ctx: DraftContext):
     """Prompt lookup or the draft model, pass by pass, whichever promises more tokens per ms.
 
     Measured on a 2-core CPU: lookup doubles decode speed on edits, where output
@@ -321,19 +362,19 @@ def _auto(gen, params, seeds=None):
     verify curve does not give away. So each pass picks one (runtime/auto.py).
     """
     from .auto import AutoDrafter
-    config = gen.policy_config
-    lookup = _ngram(gen, params, seeds)
-    if not gen.use_profiles:
-        return AutoDrafter(lookup, _model(gen, params, seeds) if gen.draft is not None else None, config=config)
+    config = ctx.config
+    lookup = _ngram(ctx)
+    if not ctx.use_profiles:
+        return AutoDrafter(lookup, _model(ctx) if ctx.draft is not None else None, config=config)
     from ..devices.profile import QUICK_SIZES, load_or_measure
-    target = load_or_measure(gen.target, sizes=QUICK_SIZES)  # cached, or measured now (seconds)
-    if gen.draft is None:
+    target = load_or_measure(ctx.target, sizes=QUICK_SIZES)  # cached, or measured now (seconds)
+    if ctx.draft is None:
         return AutoDrafter(lookup, None, target.cost, config=config)
-    draft = load_or_measure(gen.draft, sizes=QUICK_SIZES)
+    draft = load_or_measure(ctx.draft, sizes=QUICK_SIZES)
     # Siblings of the chain cost verify width: worth it only where width is nearly free.
-    tree = gen.tree and target.cost(config.tree_probe_size) <= config.tree_cost_ratio * target.cost(1)
+    tree = ctx.tree and target.cost(config.tree_probe_size) <= config.tree_cost_ratio * target.cost(1)
     length = CostAwareLength(target.cost, draft.cost(1), config=config)
-    model = ModelDrafter(gen.draft, params, tree=tree, length=length, rng=_own_rng(seeds), config=config)
+    model = ModelDrafter(ctx.draft, ctx.params, tree=tree, length=length, rng=ctx.own_rng(), config=config)
     batch = config.prefill_batch
     return AutoDrafter(lookup, model, target.cost, draft_prefill_ms=draft.cost(batch) / batch, config=config)
 
@@ -362,9 +403,13 @@ class MixedDrafter:
             tree.merge(member.propose(context, max(1, int(round(room * share)))))
         return tree.prune(budget)
 
-    def observe(self, verdict, tree=None, logits=None):
+    def start(self, prompt_len: int, end: int) -> None:
         for member in self.members:
-            member.observe(verdict, tree, logits)
+            member.start(prompt_len, end)
+
+    def observe(self, report: PassReport) -> None:
+        for member in self.members:
+            member.observe(report)
 
     def reset(self):
         for member in self.members:

@@ -18,6 +18,8 @@ from .tree import DraftTree
 
 
 class NgramDrafter:
+    name = "ngram"
+
     def __init__(self, max_ngram: int | None = None, min_ngram: int | None = None, max_draft: int | None = None,
                  max_branches: int | None = None, max_matches: int | None = None, short_draft: int | None = None,
                  long_match: int | None = None, config: PolicyConfig = DEFAULT):
@@ -42,6 +44,12 @@ class NgramDrafter:
         self.max_branches = max_branches  # distinct continuations per proposal
         self.max_matches = max_matches  # occurrences examined per n-gram length
         self.reset()
+
+    def start(self, prompt_len: int, end: int) -> None:
+        pass
+
+    def observe(self, report) -> None:
+        pass  # (the context it is given next is all it learns from)
 
     def reset(self) -> None:
         """Forget the context (call between unrelated sequences)."""

@@ -20,7 +20,7 @@ live, side by side with the k + 0.3 stop it replaced, by 2-6%.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Protocol
 
 from .policy_config import DEFAULT, PolicyConfig
 
@@ -31,17 +31,53 @@ def expected_tokens(a: float, k: int) -> float:
     return (1.0 - a ** (k + 1)) / (1.0 - a)
 
 
+class LengthPolicy(Protocol):
+    """How long a model's draft chain runs: what a drafter asks while drafting, and tells after."""
+    k: int  # tokens the next proposal is expected to draft (0: none)
+    probing: bool  # drafting only to test the acceptance again
+
+    def longest(self) -> int:
+        """Most tokens the next proposal may draft."""
+
+    def keeps(self, depth: int, path_prob: float, confidence: float) -> bool:
+        """Whether the token at `depth` (0 = first), drafted with `confidence` after a path the
+        draft gives `path_prob`, goes into the proposal."""
+
+    def looks(self, depth: int, path_prob: float) -> bool:
+        """Whether to pay a draft step for the token at `depth`, before seeing its confidence."""
+
+    def update(self, accepted: int, proposed_depth: int) -> None: ...
+
+    def observe_costs(self, draft_ms_per_step: float | None, verify_ms: float, size: int) -> None: ...
+
+
 @dataclass
 class DraftLength:
     """Heuristic schedule (HF assisted generation): +1 after a fully accepted draft, -1 after a
-    rejection. Used when no device profile is known."""
+    rejection; a chain stops early where the draft's confidence falls below `min_confidence`.
+    Used when no device profile is known."""
     k: int = DEFAULT.heuristic_k
     k_min: int = DEFAULT.heuristic_k_min
     k_max: int = DEFAULT.heuristic_k_max
+    min_confidence: float = DEFAULT.heuristic_min_confidence
+    probing = False
 
     @classmethod
     def from_config(cls, config: PolicyConfig) -> DraftLength:
-        return cls(config.heuristic_k, config.heuristic_k_min, config.heuristic_k_max)
+        return cls(config.heuristic_k, config.heuristic_k_min, config.heuristic_k_max,
+                   config.heuristic_min_confidence)
+
+    def longest(self) -> int:
+        return self.k
+
+    def keeps(self, depth: int, path_prob: float, confidence: float) -> bool:
+        return depth == 0 or confidence >= self.min_confidence
+
+    def looks(self, depth: int, path_prob: float) -> bool:
+        return True
+
+    def observe_costs(self, draft_ms_per_step: float | None, verify_ms: float, size: int) -> None:
+        pass  # (no costs to weigh)
 
     def update(self, accepted: int, proposed_depth: int) -> None:
         if proposed_depth and accepted >= proposed_depth:
@@ -117,6 +153,15 @@ class CostAwareLength:
     def ms_per_token(self) -> float:
         """What an emitted token costs at the current expected rate."""
         return 1.0 / self.rate(self.k)
+
+    def longest(self) -> int:
+        return self.k_max if self.k else 0  # (the draft's confidence stops the chain sooner)
+
+    def keeps(self, depth: int, path_prob: float, confidence: float) -> bool:
+        return self.worth_including(depth, path_prob * confidence)
+
+    def looks(self, depth: int, path_prob: float) -> bool:
+        return self.worth_looking(depth, path_prob)
 
     def worth_including(self, depth: int, path_prob: float) -> bool:
         """Whether the drafted token at `depth` (0 = first), whose path the draft gives

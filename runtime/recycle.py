@@ -33,6 +33,9 @@ class RecycleDrafter:
     def nbytes(self) -> int:
         return self.table.nbytes
 
+    def start(self, prompt_len: int, end: int) -> None:
+        pass
+
     def reset(self) -> None:
         """The table is knowledge about the model, not about one sequence: keep it."""
 
@@ -54,5 +57,5 @@ class RecycleDrafter:
                 heapq.heappush(heap, (neg * self.rank_decay ** (r + 1), child))
         return tree
 
-    def observe(self, verdict, tree: DraftTree, logits: np.ndarray) -> None:
-        self.learn(tree.tokens, logits)
+    def observe(self, report) -> None:
+        self.learn(report.tree.tokens, report.logits)

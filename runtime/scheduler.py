@@ -13,7 +13,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from .drafters import Drafter
+from .drafters import Drafter, PassReport
 from .sampling import SamplingParams, probabilities, sample
 from .session import Session
 from .tree import DraftTree
@@ -41,14 +41,15 @@ class Timing:
 def decode_steps(target: Session, prompt: Sequence[int], params: SamplingParams,
                  drafter: Drafter | None = None, budget: int = 8,
                  rng: np.random.Generator | None = None, timing: Timing | None = None,
-                 reuse_cache: bool = False) -> Iterator[Step]:
+                 reuse_cache: bool = False, end: int | None = None) -> Iterator[Step]:
     """Yield the target's tokens after `prompt`, several per pass when drafts are accepted.
 
     The target cache holds every context token but the last one (the root of the
     next tree); each pass feeds the tree and keeps the accepted path's rows.
     Runs until the caller stops iterating or the context is full. With
     `reuse_cache`, cached rows that match the start of the prompt are kept
-    (multi-turn chat re-prefills only the new turn).
+    (multi-turn chat re-prefills only the new turn). `end`: the context length at which the
+    caller will stop (default: the context limit), told to the drafter with the prompt's.
 
     rng: the verifier's random stream (default: from params.seed). A drafter that samples
     draws from a stream of its own (drafters.create spawns one): sharing a replay of
@@ -56,18 +57,18 @@ def decode_steps(target: Session, prompt: Sequence[int], params: SamplingParams,
     """
     rng = rng or np.random.default_rng(params.seed)
     timing = timing or Timing()
+    if drafter:
+        drafter.start(len(prompt), min(end or target.max_len, target.max_len))
     cache = target.cache
     t0 = time.perf_counter()
     reused = target.reuse_prefix(prompt) if reuse_cache else 0
     if not reuse_cache:
         target.reset()
-    target.history = []  # unknown until the prefill below completes
     last = target.prefill(prompt[reused:])  # [V]
     first = _pick(last[None], params, rng)
     timing.prefill = time.perf_counter() - t0
     timing.reused = reused
     context = list(prompt) + [first]
-    target.history = context[:-1]
     yield Step([first], [False], 0)
     while len(context) < target.max_len:
         past = cache.length  # == len(context) - 1
@@ -84,7 +85,7 @@ def decode_steps(target: Session, prompt: Sequence[int], params: SamplingParams,
         cache.keep(past, verdict.accepted)  # rows of root + accepted nodes, as a chain
         t2 = time.perf_counter()
         if drafter:
-            drafter.observe(verdict, tree, logits)
+            drafter.observe(PassReport(verdict, tree, logits, (t1 - t0) * 1000, (t2 - t1) * 1000))
         timing.draft += t1 - t0
         timing.verify += t2 - t1
         timing.passes += 1
@@ -92,7 +93,6 @@ def decode_steps(target: Session, prompt: Sequence[int], params: SamplingParams,
         timing.accepted += verdict.num_accepted
         tokens = verdict.tokens[: target.max_len - len(context)]
         context.extend(tokens)
-        target.history = context[:-1]
         yield Step(tokens, [True] * verdict.num_accepted + [False], verdict.proposed)
 
 

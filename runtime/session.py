@@ -34,7 +34,10 @@ PREFILL_CHUNK = 256
 
 
 class KVCache:
-    """Key and value buffers of every layer, `length` rows of which are valid."""
+    """Key and value buffers of every layer, `length` rows of which are valid, and the token
+    each row was computed for (`tokens`). Only the cache's own writes change `tokens`, so what
+    it says the rows hold is what they hold: a prefix reused by the next call, a prefix cache
+    or a drafter catching up compares against it."""
 
     def __init__(self, num_layers: int, num_kv_heads: int, head_dim: int, max_len: int, dtype):
         shape = (1, num_kv_heads, max_len, head_dim)  # [1, kv_heads, max_len, head_dim]
@@ -45,14 +48,17 @@ class KVCache:
         self.value_values = [ort.OrtValue.ortvalue_from_numpy(a) for a in self.values]
         self.max_len = max_len
         self.length = 0
+        self.tokens: list[int] = []  # token of row i (after keep(), the kept path's, as a chain)
         # Leading rows a cold prefill of the same tokens would write identically: rows of the
         # prompt graph (Session.prefill) where a bundle has one, else every row. Only these are
         # reused across calls, so a warm start gives the tokens a cold one gives.
         self.prefilled = 0
 
-    def wrote(self, start: int, stop: int, prefill: bool) -> None:
-        """Rows start..stop were written by a pass of the prompt graph (prefill) or not."""
+    def wrote(self, start: int, stop: int, tokens, prefill: bool) -> None:
+        """Rows start..stop were written for `tokens` by a pass of the prompt graph (prefill) or
+        not."""
         self.length = stop
+        self.tokens[start:] = tokens
         self.prefilled = stop if prefill and self.prefilled >= start else min(self.prefilled, start)
 
     @property
@@ -72,6 +78,8 @@ class KVCache:
             src = start + idx
             for a in self.keys + self.values:
                 a[:, :, start:start + n] = a[:, :, src]  # fancy index copies first: overlap-safe
+            self.tokens[start:] = [self.tokens[i] for i in src]
+        del self.tokens[start + n:]
         self.length = start + n
         self.prefilled = min(self.prefilled, self.length)
 
@@ -80,7 +88,12 @@ class KVCache:
         if not 0 <= n <= self.length:
             raise InputError(f"cannot rewind {n} of {self.length} cached tokens")
         self.length -= n
+        del self.tokens[self.length:]
         self.prefilled = min(self.prefilled, self.length)
+
+    def clear(self) -> None:
+        self.length = self.prefilled = 0
+        self.tokens = []
 
     @property
     def row_nbytes(self) -> int:
@@ -93,15 +106,16 @@ class KVCache:
         assert 0 <= n <= self.length, (n, self.length)
         return np.stack([a[0, :, :n] for a in self.keys]), np.stack([a[0, :, :n] for a in self.values])
 
-    def write_rows(self, keys: np.ndarray, values: np.ndarray, start: int, stop: int) -> None:
-        """Rows start..stop of keys, values [layers, kv_heads, >= stop, head_dim] into place; the
-        cache then holds `stop` rows (rows before `start` already hold the same prefix). The rows
-        come from prefix caches, which keep prefilled rows only."""
+    def write_rows(self, keys: np.ndarray, values: np.ndarray, tokens, start: int, stop: int) -> None:
+        """Rows start..stop of keys, values [layers, kv_heads, >= stop, head_dim], computed for
+        tokens[:stop], into place; the cache then holds `stop` rows (rows before `start` already
+        hold the same prefix). The rows come from prefix caches, which keep prefilled rows only."""
         assert 0 <= start <= min(self.length, stop) and stop <= min(self.max_len, keys.shape[2]), (start, stop)
+        assert self.tokens[:start] == list(tokens[:start]), "write_rows() after a different prefix"
         for layer, (k, v) in enumerate(zip(self.keys, self.values)):
             k[0, :, start:stop] = keys[layer, :, start:stop]
             v[0, :, start:stop] = values[layer, :, start:stop]
-        self.wrote(start, stop, prefill=True)
+        self.wrote(start, stop, tokens[start:stop], prefill=True)
 
 
 @dataclass
@@ -201,7 +215,6 @@ class Session:
         self.dtype = np.dtype(m.io_dtype)
         self.max_len = min(options.max_context or m.max_context, m.max_context)
         self.cache = KVCache(m.num_layers, m.num_kv_heads, m.head_dim, self.max_len, self.dtype)
-        self.history: list[int] = []  # tokens whose KV the cache holds, kept by the decode loop
         self.last_fed = 0  # tokens the last sync() had to feed
         names = m.inputs
         self._past = [(names["past_key"] % i, names["past_value"] % i) for i in range(m.num_layers)]
@@ -243,6 +256,11 @@ class Session:
         return b.get_outputs()[0]
 
     @property
+    def history(self) -> list[int]:
+        """The tokens whose KV the cache holds (read only: the cache's writes keep it)."""
+        return self.cache.tokens
+
+    @property
     def vocab_size(self) -> int:
         return self.manifest.vocab_size
 
@@ -281,7 +299,7 @@ class Session:
             b.bind_cpu_input(self._num_logits, np.array([min(last or s, s)], np.int64))  # [1]
         b.bind_output(m.outputs["logits"])
         (self.prefill_sess if prompt else self.sess).run_with_iobinding(b)
-        self.cache.wrote(past, total, prefill=prompt or self.prefill_sess is None)
+        self.cache.wrote(past, total, tokens[0].tolist(), prefill=prompt or self.prefill_sess is None)
         logits = self._logits_output(b).numpy()[0]  # [S, vocab]
         return logits.astype(np.float32, copy=False)
 
@@ -298,22 +316,25 @@ class Session:
             chunk = PREFILL_CHUNK if self._num_logits else 64
         if not (isinstance(chunk, (int, np.integer)) and chunk >= 1):
             raise InputError(f"prefill chunk must be an integer >= 1 (got {chunk!r})")
+        # One-row products take other kernels than wider ones (a GEMV), whose float rounding
+        # differs and can tip an int8 rounding: on the prompt graph a one-row pass feeds its
+        # token twice and drops the copy, and the last pass computes the LM head over two rows
+        # (AVX2 CPUs round its one-row product apart), so every row is computed alike and passes
+        # of any size give the same KV and the same logits, bit for bit.
+        twice = self.prefill_sess is not None
         for i in range(0, len(tokens), chunk):
             part = tokens[i:i + chunk]
-            if len(part) == 1 and self.prefill_sess is not None:
-                # One-row passes take other kernels, whose float rounding can tip an int8
-                # rounding: pass the token twice and drop the copy, so every row of the prompt
-                # graph is computed alike and passes of any size write the same KV.
+            head_rows = 2 if twice and i + chunk >= len(tokens) else 1  # logits of the last pass only
+            if len(part) == 1 and twice:
                 logits = self.forward(part * 2, last=2, prompt=True)[:1]
                 self.cache.rewind(1)
                 self.cache.prefilled = self.cache.length
             else:
-                logits = self.forward(part, last=1, prompt=True)  # [1, vocab]
+                logits = self.forward(part, last=head_rows, prompt=True)  # [head_rows, vocab]
         return logits[-1]
 
     def reset(self) -> None:
-        self.cache.length = self.cache.prefilled = 0
-        self.history = []
+        self.cache.clear()
 
     def score(self, tokens) -> np.ndarray:
         """Logits [S, vocab] of `tokens` as a fresh sequence, leaving the cache empty
@@ -329,9 +350,7 @@ class Session:
         tokens = list(tokens)
         n = self.reuse_prefix(tokens)
         self.last_fed = len(tokens) - n
-        logits = self.prefill(tokens[n:])
-        self.history = tokens
-        return logits
+        return self.prefill(tokens[n:])
 
     def reuse_prefix(self, tokens, exact: bool = False) -> int:
         """Keep the cached rows that match the start of `tokens` (at most all but the last);
@@ -345,7 +364,6 @@ class Session:
         if self.history[:n] != tokens[:n]:
             n = next(i for i in range(n) if self.history[i] != tokens[i])
         self.cache.rewind(self.cache.length - n)
-        self.history = tokens[:n]
         return n
 
 

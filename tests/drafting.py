@@ -12,10 +12,13 @@ class EveryNthPass:
     def __init__(self, drafter, n: int):
         self.drafter, self.n, self.passes = drafter, n, 0
 
+    def start(self, prompt_len, end):
+        self.drafter.start(prompt_len, end)
+
     def propose(self, context, budget):
         self.passes += 1
         return self.drafter.propose(context, budget) if self.passes % self.n == 1 else DraftTree(context[-1])
 
-    def observe(self, verdict, tree=None, logits=None):
+    def observe(self, report):
         if self.passes % self.n == 1:
-            self.drafter.observe(verdict, tree, logits)
+            self.drafter.observe(report)

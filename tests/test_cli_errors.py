@@ -63,7 +63,7 @@ def test_a_bug_keeps_its_traceback_and_a_user_error_is_one_line(tiny_bundle):
                  f"def load(*a, **k): raise {error}\n"
                  f"api.load = load\n"
                  f"from edgespec.apps.cli import main; main()\n")
-        return subprocess.run([sys.executable, "-c", patch, "run", "hi", "--target", str(tiny_bundle)],
+        return subprocess.run([sys.executable, "-c", patch, "run", "hi", "--target", str(tiny_bundle), "--draft", "none"],
                               capture_output=True, text=True, timeout=120)
     bug = run_with_load_raising("ValueError('operands could not be broadcast')")
     assert bug.returncode == 1

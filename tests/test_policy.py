@@ -171,8 +171,9 @@ class _ConfidenceSession:
         self.history = list(tokens)
         return self._logits(len(tokens) - 1)
 
-    def forward(self, tokens):
-        return self._logits(len(self.history))[None]
+    def forward(self, tokens):  # (a session's cache records the tokens it was fed)
+        self.history = self.history + list(tokens)
+        return self._logits(len(self.history) - 1)[None]
 
     def reset(self):
         self.history = []
@@ -200,8 +201,14 @@ class _Stub:
 
     def __init__(self, chain, last_match=0, length=None):
         self.chain, self.last_match, self.length = chain, last_match, length
-        self.inner = self
         self.seen = []
+
+    @property
+    def warm(self):
+        return bool(getattr(self, "session", None) is not None and self.session.history)
+
+    def start(self, prompt_len, end):
+        pass
 
     def propose(self, context, budget):
         from edgespec.runtime.tree import DraftTree
@@ -210,10 +217,10 @@ class _Stub:
             tree.add_path(0, self.chain[:budget])
         return tree
 
-    def observe(self, verdict, tree=None, logits=None):
-        self.seen.append(verdict.num_accepted)
+    def observe(self, report):
+        self.seen.append(report.verdict.num_accepted)
         if self.length is not None:
-            self.length.update(verdict.num_accepted, len(tree) - 1)
+            self.length.update(report.verdict.num_accepted, len(report.tree) - 1)
 
     def reset(self):
         pass
@@ -236,8 +243,14 @@ def _pass(auto, lookup_accepts, context=(1, 2, 3)):
     tree = auto.propose(list(context), 8)
     kind = auto.chosen[1] if auto.chosen else "none"
     accepted = len(tree) - 1 if kind == "model" else min(lookup_accepts, len(tree) - 1)
-    auto.observe(SimpleNamespace(num_accepted=accepted), tree)
+    auto.observe(_report(SimpleNamespace(num_accepted=accepted), tree))
     return kind
+
+
+def _report(verdict, tree, logits=None):
+    """A pass report whose verify cost is the profile's own (no live correction)."""
+    from edgespec.runtime.drafters import PassReport
+    return PassReport(verdict, tree, logits, draft_ms=0.0, verify_ms=_cpu_verify(len(tree)))
 
 
 def test_auto_follows_what_each_drafter_delivers():
@@ -345,7 +358,7 @@ def _confident_pass(auto, context, top1):
     row = np.full(64, (1 - top1) / 63)
     row[0] = top1
     logits = np.log(np.tile(row, (len(tree), 1))).astype(np.float32) + 5.0  # unnormalised
-    auto.observe(SimpleNamespace(num_accepted=0, accepted=[0]), tree, logits)
+    auto.observe(_report(SimpleNamespace(num_accepted=0, accepted=[0]), tree, logits))
     return kind
 
 
@@ -389,7 +402,8 @@ def test_auto_leaves_an_edits_gaps_to_lookup_while_its_source_is_left_to_copy():
     has left beyond that. A completion that quoted the prompt's last lines keeps its horizon."""
     from types import MethodType, SimpleNamespace
     from edgespec.runtime.auto import AutoDrafter
-    from edgespec.runtime.drafters import ModelDrafter, _ngram
+    from edgespec.runtime.drafters import ModelDrafter
+    from edgespec.runtime.ngram import NgramDrafter
     prompt = list(range(1000, 1300))
 
     def after_copy(start):
@@ -399,15 +413,14 @@ def test_auto_leaves_an_edits_gaps_to_lookup_while_its_source_is_left_to_copy():
         model.window = 128
         model._entry_offset = MethodType(ModelDrafter._entry_offset, model)
         model.entry_tokens = MethodType(ModelDrafter.entry_tokens, model)
-        auto = AutoDrafter(_ngram(SimpleNamespace(policy_config=DEFAULT), None), model, _cpu_verify,
-                           draft_prefill_ms=3.3)
+        auto = AutoDrafter(NgramDrafter(), model, _cpu_verify, draft_prefill_ms=3.3)
         auto.prompt_len, auto.end = len(prompt), len(prompt) + 200
         auto._confidence = [0.9, 1.0]
         context = prompt + prompt[start:start + 10]
         tree = auto.propose(context, 8)
         assert auto.chosen[1] == "long" and tree.tokens[1:] == prompt[start + 10:start + 18]
         emitted = prompt[start + 10:start + 18] + [7]  # the copy, then an edit
-        auto.observe(SimpleNamespace(num_accepted=8, tokens=emitted), tree)
+        auto.observe(_report(SimpleNamespace(num_accepted=8, tokens=emitted), tree))
         context += emitted
         auto.propose(context, 8)
         return auto.to_copy, auto._entry_pays(context)
@@ -474,10 +487,10 @@ def test_auto_measures_missing_profiles_and_sizes_the_model_from_them(tiny_bundl
         return load_or_measure
 
     monkeypatch.setattr(prof, "load_or_measure", fake({1: 40.0, 2: 44.0}))
-    auto = drafters.create("auto", gen, SamplingParams())
+    auto = drafters.create("auto", gen.draft_context(SamplingParams()))
     assert gen.draft in asked and auto.model.length.k == 0
     monkeypatch.setattr(prof, "load_or_measure", fake({1: 4.0, 2: 5.0}))
-    assert drafters.create("auto", gen, SamplingParams()).model.length.k >= 1
+    assert drafters.create("auto", gen.draft_context(SamplingParams())).model.length.k >= 1
 
 
 def test_profile_is_measured_once_and_cached(tiny_bundle):

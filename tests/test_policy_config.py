@@ -90,8 +90,9 @@ class _DraftSession:
         self.history = list(tokens)
         return self._logits(len(self.history))
 
-    def forward(self, tokens):
-        return self._logits(len(self.history) + len(tokens))[None]
+    def forward(self, tokens):  # (a session's cache records the tokens it was fed)
+        self.history = self.history + list(tokens)
+        return self._logits(len(self.history))[None]
 
     def reset(self):
         self.history = []
@@ -100,7 +101,7 @@ class _DraftSession:
 def _passes_until_the_model_drafts(config: PolicyConfig) -> list[str]:
     """What auto drafts, pass by pass, on fresh text (lookup finds nothing) until the model enters."""
     from edgespec.runtime.auto import AutoDrafter
-    from edgespec.runtime.drafters import ModelDrafter
+    from edgespec.runtime.drafters import ModelDrafter, PassReport
     from edgespec.runtime.ngram import NgramDrafter
     from edgespec.runtime.policy import CostAwareLength
     length = CostAwareLength(_verify_ms, draft_ms=12.0, config=config)
@@ -108,9 +109,9 @@ def _passes_until_the_model_drafts(config: PolicyConfig) -> list[str]:
     auto = AutoDrafter(NgramDrafter(config=config), model, _verify_ms, draft_prefill_ms=3.3, config=config)
     context, kinds = list(range(300)), []
     while "model" not in kinds and len(kinds) < 10:
-        auto.propose(context, 8)
+        tree = auto.propose(context, 8)
         kinds.append(auto.chosen[1] if auto.chosen else "none")
-        auto.observe(SimpleNamespace(num_accepted=0), None)
+        auto.observe(PassReport(SimpleNamespace(num_accepted=0), tree, None, 0.0, _verify_ms(len(tree))))
     return kinds
 
 
@@ -128,7 +129,7 @@ def test_a_generators_config_reaches_the_drafters_it_builds(tiny_bundle, tiny_dr
     gen = Generator(Session(tiny_bundle), Session(tiny_draft_bundle), drafter="auto")
     gen.use_profiles = False
     gen.policy_config = replace(DEFAULT, lookup_max_ngram=3, draft_window=64, auto_probe_every=5)
-    auto = drafters.create("auto", gen, SamplingParams())
-    assert (auto.probe_every, auto.lookup.inner.max_ngram, auto.model.window) == (5, 3, 64)
-    lookup, model, _ = drafters.create("mixed", gen, SamplingParams()).members
-    assert (lookup.inner.max_ngram, model.window) == (3, 64)
+    auto = drafters.create("auto", gen.draft_context(SamplingParams()))
+    assert (auto.probe_every, auto.lookup.max_ngram, auto.model.window) == (5, 3, 64)
+    lookup, model, _ = drafters.create("mixed", gen.draft_context(SamplingParams())).members
+    assert (lookup.max_ngram, model.window) == (3, 64)

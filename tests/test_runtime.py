@@ -108,7 +108,7 @@ def test_model_free_and_composed_sampling_is_exact(target, draft, name):
     runs, prompt, counts = 3000, [5, 17, 33, 2, 99, 5, 17, 33], {}
     for _ in range(runs):
         out = []
-        for step in decode_steps(target, prompt, params, drafters.create(name, gen, params), budget=4, rng=rng):
+        for step in decode_steps(target, prompt, params, drafters.create(name, gen.draft_context(params)), budget=4, rng=rng):
             out.extend(step.tokens)
             if len(out) >= 3:
                 break
@@ -332,8 +332,8 @@ def test_a_generation_tells_auto_where_it_stops_and_how_sure_the_target_is(targe
         auto = make(params, seeds)
         observe = auto.observe
 
-        def watched(verdict, tree=None, logits=None):
-            observe(verdict, tree, logits)
+        def watched(report):
+            observe(report)
             seen.append((auto.end, auto.target_confidence))
         auto.observe = watched
         return auto

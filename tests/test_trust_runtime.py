@@ -280,7 +280,7 @@ def test_caller_errors_are_input_errors(gen, tiny_bundle):
     with pytest.raises(InputError, match="unknown drafter 'nope'"):
         Generator(gen.target, drafter="nope")
     with pytest.raises(InputError, match="unknown drafter 'nope'"):
-        drafters.create("nope", gen, SamplingParams())
+        drafters.create("nope", gen.draft_context(SamplingParams()))
     with pytest.raises(InputError, match="does not fit the 16-token context"):
         Generator(Session(tiny_bundle, SessionOptions(max_context=16))).generate("x " * 40)
     with pytest.raises(InputError, match="min_ngram <= max_ngram"):
