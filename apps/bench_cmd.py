@@ -37,8 +37,9 @@ def _refuse_existing(path: Path | None, force: bool) -> None:
               help="comma-separated prompt categories (default: the code suite's completion, edit, explain; "
                    "'long': file-sized prompts of 1,000-3,500 tokens, with time to first token and a "
                    "prefix-reuse row, a minute or more per mode on a 1.5B target)")
-@click.option("--prompts", "prompts_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              default=None, help="suite JSON (default: the shipped code suite)")
+@click.option("--prompts", "prompts_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="suite JSON, or a shipped suite: code (default), long, heldout (prompts the drafting "
+                   "policy was never tuned on)")
 @click.option("--max-tokens", type=MAX_TOKENS, default=200, show_default=True)
 @click.option("--repeats", type=click.IntRange(min=1), default=2, show_default=True,
               help="timed runs per prompt and mode")

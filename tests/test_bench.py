@@ -60,6 +60,21 @@ def test_shipped_suite_has_three_prompts_per_category():
     assert [p["id"] for p in load_suite(categories=["edit"], per_category=1)] == [by_cat["edit"][0]["id"]]
 
 
+def test_the_held_out_suite_has_the_code_suites_shapes_and_none_of_its_prompts():
+    """`--prompts heldout`: prompts the drafting policy was never tuned on, three per category."""
+    from edgespec.apps.bench import load_suite
+    from edgespec.contract.errors import InputError
+    held, tuned = load_suite("heldout"), load_suite("code")
+    assert [p["category"] for p in held] == [p["category"] for p in tuned]
+    texts = {m["content"] for p in tuned for m in p["messages"]}
+    assert not {p["id"] for p in held} & {p["id"] for p in tuned}
+    assert not any(m["content"] in texts for p in held for m in p["messages"])
+    assert load_suite("heldout.json") == held
+    with pytest.raises(InputError, match="no suite file held; give a suite JSON or a shipped suite: "
+                                         "code, long, heldout"):
+        load_suite("held")
+
+
 def test_suite_runs_every_mode_on_the_same_prompt(suite_result):
     assert suite_result["unsupported"] == {}
     assert [r["id"] for r in suite_result["prompts"]] == [p["id"] for p in PROMPTS]
