@@ -218,10 +218,12 @@ class Trial:
 # ----------------------------------------------------------------------------- runners
 
 class EdgespecRunner:
-    """One of edgespec's modes on already loaded sessions."""
+    """One of edgespec's modes on already loaded sessions; `tracing` (runtime/trace.py), when
+    given, records each run's passes for `--trace`."""
 
-    def __init__(self, generator):
+    def __init__(self, generator, tracing=None):
         self.gen = generator
+        self.tracing = tracing
 
     def run(self, ids: list[int], max_tokens: int) -> Trial:
         from ..runtime.api import Stats
@@ -398,9 +400,11 @@ def _first_load(target_path: Path, threads: int):
 
 
 def _runners(modes, target_path: Path, draft_path: Path | None, genai_path: Path, threads: int,
-             shared_pool: bool = False):
+             shared_pool: bool = False, trace: bool = False):
     """mode -> zero-argument factory of its runner; sessions are loaded once and shared.
-    genai_path: the bundle the onnxruntime-genai anchors run (the target's, or --genai-target)."""
+    genai_path: the bundle the onnxruntime-genai anchors run (the target's, or --genai-target).
+    trace: edgespec runners record their passes, each with the draft's distributions where there
+    is a draft (lent to the modes that do not draft with it)."""
     from ..runtime.session import Session, SessionOptions
     loaded: dict[str, object] = {}
 
@@ -425,9 +429,17 @@ def _runners(modes, target_path: Path, draft_path: Path | None, genai_path: Path
             loaded[key] = genai_model(genai_path, threads, draft_path if draft else None)
         return loaded[key]
 
+    memo: dict = {}  # the draft's distributions along a reply, shared by the modes' traces
+
     def edgespec(tree: bool, drafter: str | None, draft: bool):
-        return lambda: EdgespecRunner(_generator(session("target-quiet" if draft else "target"),
-                                                 session("draft") if draft else None, tree, drafter))
+        def runner():
+            gen = _generator(session("target-quiet" if draft else "target"), session("draft") if draft else None,
+                             tree, drafter)
+            if not trace:
+                return EdgespecRunner(gen)
+            from ..runtime.trace import Tracing
+            return EdgespecRunner(gen, Tracing(gen, session("draft") if draft_path else None, memo))
+        return runner
 
     factories: dict[str, Callable[[], object]] = {"plain": edgespec(True, "none", False)}
     for mode, (drafter, tree, spec) in bench_modes().items():
@@ -451,12 +463,14 @@ def _runners(modes, target_path: Path, draft_path: Path | None, genai_path: Path
 def run_suite(target: str | Path, draft: str | Path | None = None, modes: Sequence[str] = DEFAULT_MODES,
               prompts: Sequence[dict] | str | Path | None = None, max_tokens: int = 200, repeats: int = 2,
               warmup: int = 1, threads: int = 2, progress: bool = True, shared_pool: bool = False,
-              genai_target: str | Path | None = None) -> dict:
+              genai_target: str | Path | None = None, trace: str | Path | None = None) -> dict:
     """Run every prompt through every mode; return the JSON-ready results (see module doc).
 
     shared_pool: edgespec sessions on ONNX Runtime's process-wide pool, as `edgespec run` uses it.
     genai_target: a bundle of the same tokenizer whose graph the onnxruntime-genai anchors run
     instead of the target's (e.g. the recipe its own builder makes by default: int4 rtn block 32).
+    trace: a folder to write a trace of each prompt and edgespec mode into (its last timed run,
+    runtime/trace.py), for `edgespec replay`; the draft's pass over the reply runs after the run.
     """
     from .prepare import bundle_path
     modes = list(dict.fromkeys(modes))
@@ -496,7 +510,8 @@ def run_suite(target: str | Path, draft: str | Path | None = None, modes: Sequen
     _check_context(prompts, encoded, max_tokens, target_path)
     ballast = _first_load(target_path, threads)  # noqa: F841  (kept alive until the suite ends)
     factories, target_session, prefix_reuse = _runners([m for m in modes if m not in unsupported], target_path,
-                                                       draft_path, genai_path, threads, shared_pool)
+                                                       draft_path, genai_path, threads, shared_pool,
+                                                       trace=trace is not None)
     runners: dict[str, object] = {}
     for m, make in factories.items():
         try:
@@ -527,6 +542,8 @@ def run_suite(target: str | Path, draft: str | Path | None = None, modes: Sequen
                     trial = runner.run(ids, max_tokens)
                     if round_ >= warmup:
                         trials[m].append(trial)
+                    if trace is not None and round_ == warmup + repeats - 1 and getattr(runner, "tracing", None):
+                        _write_trace(runner.tracing, Path(trace), p, m, target_path, draft_path)
                     bar.update()
                 if followup is not None:
                     bar.set_postfix_str(f"{p['id']} prefix reuse")
@@ -554,6 +571,16 @@ def run_suite(target: str | Path, draft: str | Path | None = None, modes: Sequen
         "prefix_reuse": _reuse_categories(rows),
         "peak_rss_mb": peak_rss_mb(),
     }
+
+
+def _write_trace(tracing, folder: Path, p: dict, mode: str, target: Path, draft: Path | None) -> None:
+    """The trace of a mode's last run of prompt `p` (none if it decoded no pass)."""
+    from ..runtime.trace import trace_name, write_trace
+    trace = tracing.trace({"prompt_id": p["id"], "category": p["category"], "mode": mode, "target": target.name,
+                           "draft": draft.name if draft else None})
+    if trace is not None:
+        folder.mkdir(parents=True, exist_ok=True)
+        write_trace(folder / trace_name(p["id"], mode), trace)
 
 
 def _check_context(prompts: Sequence[dict], encoded: list, max_tokens: int, target_path: Path) -> None:

@@ -50,14 +50,18 @@ def _refuse_existing(path: Path | None, force: bool) -> None:
               help="write the full results here")
 @click.option("--plot", "plot_out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="write a PNG here")
-@click.option("--force", is_flag=True, help="overwrite existing --json / --plot files")
+@click.option("--trace", "trace_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="write a trace of each prompt and edgespec mode (its last timed run) into this folder, "
+                   "for `edgespec replay`")
+@click.option("--force", is_flag=True, help="overwrite existing --json / --plot files and --trace traces")
 @click.option("--quick", is_flag=True, help="1 prompt per category, 1 repeat, no warm-up")
 def bench_command(invocation: Invocation, target, draft, genai_target, modes, categories, prompts_file, max_tokens, repeats, warmup, threads,
-                  json_out, plot_out, force, quick):
+                  json_out, plot_out, trace_dir, force, quick):
     """Benchmark decoding modes on a prompt suite against onnxruntime-genai."""
     from .bench import DEFAULT_MODES, NEEDS_DRAFT, load_suite, run_suite
     _refuse_existing(json_out, force)
     _refuse_existing(plot_out, force)
+    _refuse_traces(trace_dir, force)
     mode_list = _csv(modes) or list(DEFAULT_MODES)
     if draft == "none" and not modes:  # the default list without the modes that need a draft
         mode_list = [m for m in mode_list if m not in NEEDS_DRAFT]
@@ -65,7 +69,8 @@ def bench_command(invocation: Invocation, target, draft, genai_target, modes, ca
         repeats, warmup = 1, 0
     prompts = load_suite(prompts_file, _csv(categories) or None, per_category=1 if quick else None)
     result = run_suite(target, draft, genai_target=genai_target, modes=mode_list, prompts=prompts, max_tokens=max_tokens,
-                       repeats=repeats, warmup=warmup, threads=threads, shared_pool=invocation.owns_process)
+                       repeats=repeats, warmup=warmup, threads=threads, shared_pool=invocation.owns_process,
+                       trace=trace_dir)
     print_table(result)
     if json_out is not None:
         atomic_write_text(json_out, json.dumps(result, indent=1))
@@ -74,6 +79,14 @@ def bench_command(invocation: Invocation, target, draft, genai_target, modes, ca
         from .plots import plot_suite
         plot_suite(result, plot_out)
         click.echo(f"wrote {plot_out}", err=True)
+    if trace_dir is not None:
+        click.echo(f"wrote traces to {trace_dir} (edgespec replay {trace_dir})", err=True)
+
+
+def _refuse_traces(folder: Path | None, force: bool) -> None:
+    from ..runtime.trace import SUFFIXES
+    if folder is not None and folder.is_dir() and not force and any(p.name.endswith(SUFFIXES) for p in folder.iterdir()):
+        raise EdgespecError(f"{folder} holds traces already; pass --force to overwrite them, or choose another folder")
 
 
 def _fmt(v, spec: str) -> str:

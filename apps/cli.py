@@ -18,12 +18,12 @@ import sys
 import click
 
 from ..contract.errors import EdgespecError
-from . import bench_cmd, cache_cmd, chat_cmd, devices_cmd, export_cmd, quality_cmd, run_cmd, serve_cmd
+from . import bench_cmd, cache_cmd, chat_cmd, devices_cmd, export_cmd, quality_cmd, replay_cmd, run_cmd, serve_cmd
 from .options import Invocation
 
 COMMANDS = (run_cmd.run_command, chat_cmd.chat_command, serve_cmd.serve_command, export_cmd.export_command,
-            bench_cmd.bench_command, quality_cmd.quality_command, devices_cmd.devices_command,
-            cache_cmd.cache_command)
+            bench_cmd.bench_command, replay_cmd.replay_command, quality_cmd.quality_command,
+            devices_cmd.devices_command, cache_cmd.cache_command)
 
 
 def _debug() -> bool:

@@ -69,6 +69,9 @@ class Generator:
         self.use_profiles = True  # size drafts from cached device profiles (`edgespec devices --profile`)
         self.policy_config = DEFAULT  # the drafting policy's tuned numbers (runtime/policy_config.py)
         self.drafter_state: dict = {}  # drafter state that outlives a call (token recycling's table)
+        # Called with each generation's drafter (None: plain) and drafting in its place: a
+        # trace.TraceRecorder around it records the passes (`edgespec bench --trace`).
+        self.drafter_wrapper = None
         from .tokenizer import BundleTokenizer
         self.target = target
         self.draft = draft
@@ -97,9 +100,10 @@ class Generator:
         return self.drafter_state.get("recycle")
 
     def _drafter(self, params: SamplingParams, seeds: np.random.SeedSequence):
-        if self.drafter_name == "none":
-            return None
-        return drafters.create(self.drafter_name, self.draft_context(params, seeds))
+        drafter = None
+        if self.drafter_name != "none":
+            drafter = drafters.create(self.drafter_name, self.draft_context(params, seeds))
+        return drafter if self.drafter_wrapper is None else self.drafter_wrapper(drafter)
 
     def encode(self, prompt: str | Sequence[int] | Sequence[dict], tools: Sequence[dict] | None = None,
                prefill: str = "") -> list[int]:
