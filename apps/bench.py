@@ -707,22 +707,19 @@ def _reuse_row(pairs: list[tuple[Trial, Trial]], ids: list[int], followup: list[
 def _reuse_categories(rows: list[dict]) -> dict:
     """Per category with prefix-reuse rows (and "all"): medians over its prompts; the worst
     (largest) TTFT ratio."""
-    groups: dict[str, list[dict]] = {}
-    for r in rows:
-        if r.get("prefix_reuse"):
-            groups.setdefault(r["category"], []).append(r["prefix_reuse"])
-    if groups:
-        groups["all"] = [r for members in groups.values() for r in members]
-    return {cat: {"prompts": len(rs),
-                  "shared_prefix_tokens": _median(r["shared_prefix_tokens"] for r in rs),
-                  "cached_prompt_tokens": _median(r["second"]["cached_prompt_tokens"] for r in rs),
-                  "first_cached_prompt_tokens": _median(r["first"]["cached_prompt_tokens"] for r in rs),
-                  "first_ttft_seconds": _median(r["first"]["ttft_seconds"] for r in rs),
-                  "ttft_seconds": _median(r["second"]["ttft_seconds"] for r in rs),
-                  "ttft_ratio": _median(r["ttft_ratio"] for r in rs),
-                  "worst_ttft_ratio": max((r["ttft_ratio"] for r in rs if r["ttft_ratio"] is not None),
-                                          default=None)}
-            for cat, rs in groups.items()}
+    out = {}
+    for cat, members in by_category([r for r in rows if r.get("prefix_reuse")]).items():
+        rs = [r["prefix_reuse"] for r in members]
+        out[cat] = {"prompts": len(rs),
+                    "shared_prefix_tokens": median(r["shared_prefix_tokens"] for r in rs),
+                    "cached_prompt_tokens": median(r["second"]["cached_prompt_tokens"] for r in rs),
+                    "first_cached_prompt_tokens": median(r["first"]["cached_prompt_tokens"] for r in rs),
+                    "first_ttft_seconds": median(r["first"]["ttft_seconds"] for r in rs),
+                    "ttft_seconds": median(r["second"]["ttft_seconds"] for r in rs),
+                    "ttft_ratio": median(r["ttft_ratio"] for r in rs),
+                    "worst_ttft_ratio": max((r["ttft_ratio"] for r in rs if r["ttft_ratio"] is not None),
+                                            default=None)}
+    return out
 
 
 def _last_logits(session, prompt: list[int], reply: list[int]):
@@ -766,44 +763,51 @@ def _max_gap(rs: list[dict]) -> float | None:
     return max(gaps) if gaps else None
 
 
-def _median(values) -> float | None:
+def median(values) -> float | None:
+    """The median of the values that are not None (None if there are none)."""
     values = [v for v in values if v is not None]
     return statistics.median(values) if values else None
 
 
-def _categories(rows: list[dict], modes: list[str]) -> dict:
-    """Per category (and "all"): medians over its prompts, per mode."""
+def by_category(rows: list[dict]) -> dict[str, list[dict]]:
+    """Prompt rows by their "category", and all of them under "all" (no groups for no rows)."""
     groups: dict[str, list[dict]] = {}
     for r in rows:
         groups.setdefault(r["category"], []).append(r)
-    groups["all"] = rows
+    if groups:
+        groups["all"] = list(rows)
+    return groups
+
+
+def _categories(rows: list[dict], modes: list[str]) -> dict:
+    """Per category (and "all"): medians over its prompts, per mode."""
     out = {}
-    for cat, members in groups.items():
+    for cat, members in by_category(rows).items():
         out[cat] = {}
         for m in modes:
             rs = [r["modes"][m] for r in members]
             matches = [r["matches_plain"] for r in rs if r["matches_plain"] is not None]
             out[cat][m] = {
                 "prompts": len(rs),
-                "prompt_tokens": _median(r.get("prompt_tokens") for r in members),
-                "decode_tok_s": _median(r["decode_tok_s"] for r in rs),
-                "prefill_tok_s": _median(r["prefill_tok_s"] for r in rs),
-                "ttft_seconds": _median(r.get("ttft_seconds") for r in rs),
-                "e2e_seconds": _median(r.get("e2e_seconds") for r in rs),
-                "cached_prompt_tokens": _median(r.get("cached_prompt_tokens") for r in rs),
-                "prefill_vs_genai": _median(r.get("prefill_vs_genai") for r in rs),
-                "ttft_vs_genai": _median(r.get("ttft_vs_genai") for r in rs),
-                "e2e_vs_genai": _median(r.get("e2e_vs_genai") for r in rs),
-                "acceptance_rate": _median(r["acceptance_rate"] for r in rs),
-                "tokens_per_pass": _median(r["tokens_per_pass"] for r in rs),
-                "drafted_per_pass": _median(r.get("drafted_per_pass", 0.0) for r in rs),
-                "ratio_vs_genai": _median(r["ratio_vs_genai"] for r in rs),
-                "paired_vs_plain": _median(r.get("paired_vs_plain") for r in rs),
+                "prompt_tokens": median(r.get("prompt_tokens") for r in members),
+                "decode_tok_s": median(r["decode_tok_s"] for r in rs),
+                "prefill_tok_s": median(r["prefill_tok_s"] for r in rs),
+                "ttft_seconds": median(r.get("ttft_seconds") for r in rs),
+                "e2e_seconds": median(r.get("e2e_seconds") for r in rs),
+                "cached_prompt_tokens": median(r.get("cached_prompt_tokens") for r in rs),
+                "prefill_vs_genai": median(r.get("prefill_vs_genai") for r in rs),
+                "ttft_vs_genai": median(r.get("ttft_vs_genai") for r in rs),
+                "e2e_vs_genai": median(r.get("e2e_vs_genai") for r in rs),
+                "acceptance_rate": median(r["acceptance_rate"] for r in rs),
+                "tokens_per_pass": median(r["tokens_per_pass"] for r in rs),
+                "drafted_per_pass": median(r.get("drafted_per_pass", 0.0) for r in rs),
+                "ratio_vs_genai": median(r["ratio_vs_genai"] for r in rs),
+                "paired_vs_plain": median(r.get("paired_vs_plain") for r in rs),
                 "worst_vs_plain": min((r["paired_vs_plain"] for r in rs if r.get("paired_vs_plain") is not None),
                                       default=None),
                 "matches_plain": f"{sum(matches)}/{len(matches)}" if matches else None,
                 "max_divergence_gap": _max_gap(rs),
-                "split": {k: _median(r["split"][k] for r in rs) for k in ("draft", "verify", "overhead")},
+                "split": {k: median(r["split"][k] for r in rs) for k in ("draft", "verify", "overhead")},
             }
     return out
 

@@ -32,11 +32,26 @@ def replay_command(traces, drafters, settings, length, json_out, force):
     from ..runtime.replay import policy_config, replay_suite
     _refuse_existing(json_out, force)
     config = policy_config(settings)
-    result = replay_suite(traces, _csv(drafters) or list(REPLAYERS), config, length)
+    names = _csv(drafters) or list(REPLAYERS)
+    result = replay_suite(traces, names, config, length)
+    result["categories"] = categories(result["prompts"], names)
     print_replay(result, settings)
     if json_out is not None:
         atomic_write_text(json_out, json.dumps(result, indent=1))
         click.echo(f"wrote {json_out}", err=True)
+
+
+def categories(rows: list[dict], drafters: list[str]) -> dict:
+    """Per category (and "all"): medians over its prompts of each drafter's replayed and recorded
+    speed, and of auto's ratios."""
+    from .bench import by_category, median
+    return {cat: {"prompts": len(members),
+                  "modes": {d: {"tok_s": median(r["modes"].get(d, {}).get("tok_s") for r in members),
+                                "live_tok_s": median(r["modes"].get(d, {}).get("live_tok_s") for r in members)}
+                            for d in drafters},
+                  "auto_vs_best": median(r["auto_vs_best"] for r in members),
+                  "auto_vs_plain": median(r["auto_vs_plain"] for r in members)}
+            for cat, members in by_category(rows).items()}
 
 
 def _speed(mode: dict | None) -> str:

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -351,8 +350,8 @@ MODE_ORDER = ("plain", "chain", "tree", "ngram", "auto")  # whose trace a prompt
 def replay_suite(paths: Sequence[str | Path], drafters: Sequence[str] = tuple(REPLAYERS),
                  config: PolicyConfig = DEFAULT, length: str = "cost") -> dict:
     """Replay every drafter on one trace per prompt (one with the draft's distributions, by
-    MODE_ORDER), with auto's speed over the best other mode's and over plain's; per category
-    (and "all"), medians over prompts. `live`: each mode's recorded speed, where its trace is there."""
+    MODE_ORDER), with auto's speed over the best other mode's and over plain's. `live`: each
+    mode's recorded speed, where its trace is there. (Per-category medians: apps/replay_cmd.py.)"""
     unknown = [d for d in drafters if d not in REPLAYERS]
     if unknown:
         raise InputError(f"cannot replay {', '.join(unknown)}; choose from {', '.join(REPLAYERS)}")
@@ -381,8 +380,7 @@ def replay_suite(paths: Sequence[str | Path], drafters: Sequence[str] = tuple(RE
                                   "choices": r.choices, "live_tok_s": lives.get(name)}
         row["auto_vs_best"], row["auto_vs_plain"] = _auto_ratios(row["modes"])
         rows.append(row)
-    return {"prompts": rows, "categories": _categories(rows, list(drafters)),
-            "config": dataclasses.asdict(config), "length": length}
+    return {"prompts": rows, "config": dataclasses.asdict(config), "length": length}
 
 
 def _auto_ratios(modes: dict) -> tuple[float | None, float | None]:
@@ -394,21 +392,3 @@ def _auto_ratios(modes: dict) -> tuple[float | None, float | None]:
     plain = auto / modes["plain"]["tok_s"] if modes.get("plain", {}).get("tok_s") else None
     return best, plain
 
-
-def _median(values) -> float | None:
-    values = [v for v in values if v is not None]
-    return statistics.median(values) if values else None
-
-
-def _categories(rows: list[dict], drafters: list[str]) -> dict:
-    groups: dict[str, list[dict]] = {}
-    for r in rows:
-        groups.setdefault(r["category"], []).append(r)
-    groups["all"] = rows
-    return {cat: {"prompts": len(members),
-                  "modes": {d: {"tok_s": _median(r["modes"].get(d, {}).get("tok_s") for r in members),
-                                "live_tok_s": _median(r["modes"].get(d, {}).get("live_tok_s") for r in members)}
-                            for d in drafters},
-                  "auto_vs_best": _median(r["auto_vs_best"] for r in members),
-                  "auto_vs_plain": _median(r["auto_vs_plain"] for r in members)}
-            for cat, members in groups.items()}

@@ -204,9 +204,9 @@ def draft_distributions(session, prompt: list[int], output: list[int], window: i
     ids, probs, steps = [], [], []
 
     def keep(logits):
-        top, p = top_candidates(logits, min(k, logits.shape[-1]), _GREEDY)
-        ids.append([int(t) for t in (ids_of[top] if ids_of is not None else top)])
-        probs.append(np.asarray(p, np.float32).tolist())
+        (top,), (p,) = top_rows(logits[None], k)
+        ids.append([int(ids_of[t]) for t in top] if ids_of is not None else top)
+        probs.append(p)
 
     session.reset()
     try:

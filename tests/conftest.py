@@ -53,3 +53,11 @@ def tiny_int4_bundle(tiny_hf, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_draft_bundle(tiny_draft_hf, tmp_path_factory) -> Path:
     return _export(tiny_draft_hf, tmp_path_factory.mktemp("bundles") / "llama-fp32", "fp32")
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_bundle, tiny_draft_bundle):
+    """`Generator.generate` in this process on the tiny pair, for greedy equality with a server."""
+    from edgespec.runtime.api import Generator
+    from edgespec.runtime.session import Session
+    return Generator(Session(tiny_bundle), Session(tiny_draft_bundle))

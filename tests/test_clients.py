@@ -35,13 +35,6 @@ def server(tiny_bundle, tiny_draft_bundle):
     s.stop()
 
 
-@pytest.fixture(scope="module")
-def reference(tiny_bundle, tiny_draft_bundle):
-    from edgespec.runtime.api import Generator
-    from edgespec.runtime.session import Session
-    return Generator(Session(tiny_bundle), Session(tiny_draft_bundle))
-
-
 class Llm:
     """The `llm` command with its own user directory, set up as the README says: two model
     entries for the server (chat and completion), the server's key saved under the entries'

@@ -135,14 +135,6 @@ def slow_server(slow_bundle):
     s.stop()
 
 
-@pytest.fixture(scope="module")
-def reference(tiny_bundle, tiny_draft_bundle):
-    """`Generator.generate` in this process, for greedy equality."""
-    from edgespec.runtime.api import Generator
-    from edgespec.runtime.session import Session
-    return Generator(Session(tiny_bundle), Session(tiny_draft_bundle))
-
-
 def test_chat_completion_streamed_equals_plain_equals_generate(server, reference, tiny_bundle):
     client, model = server.client(), tiny_bundle.name
     plain = client.chat.completions.create(model=model, messages=MESSAGES, temperature=0, max_tokens=40)
