@@ -1,78 +1,83 @@
-"""Auto: prompt lookup or the draft model, pass by pass, by expected tokens per millisecond.
+"""Auto: each pass, the proposal with the most expected tokens per millisecond.
 
-The policy behind `--drafter auto` (registered in drafters.py): which drafter
-drafts each pass, how deep a lookup proposal is cut, and when the draft model
-is worth (re)starting.
+The policy behind `--drafter auto` (registered in drafters.py). Every pass it
+prices its candidates in one currency and verifies the best:
+
+- a plain pass: 1 token for a one-token target pass;
+- prompt lookup's proposal cut after n nodes (every n): each node accepted with
+  the calibrated chance for the length of the context match it continues (a
+  copy's later tokens continue longer matches, so copies run on);
+- the draft model's chain, before it is drafted: its length policy's expected
+  tokens at the running acceptance, for its draft steps, the target pass, and
+  the tokens the draft must read first (a catch-up, or on a (re)start its
+  prompt window), spread over the passes it is expected to draft;
+- once the model has drafted, its chain with lookup's proposal merged in, each
+  node at its own calibrated chance (the model's by the draft's probability).
+
+Acceptance estimates are policy.Calibration buckets learned online from every
+verdict; costs are the device profile scaled by the passes timed live (the
+model's length policy keeps that correction). Rules beyond the model, each a
+PolicyConfig field kept for its gain in replays of held-out traces (README,
+"Drafting policy"): the model (re)starts only after `auto_entry_misses` lookup
+misses in a row, its prefill must pay back `auto_entry_margin` times, and while
+the draft follows the context its first token vets lookup's proposal. (A probe
+verifying a long-declined lookup proposal uncut showed no gain and went.)
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable
 
 import numpy as np
 
-from .policy import CostAwareLength, expected_tokens
+from .policy import Calibration, CostAwareLength, best_cut, expected_tokens, node_probabilities
 from .policy_config import DEFAULT, PolicyConfig
 from .tree import DraftTree
 
 
 class AutoDrafter:
-    """Lookup or model each pass, by expected tokens per millisecond.
+    """Lookup, the model, both merged, or a plain pass: whichever promises most tokens per ms.
 
-    Lookup proposals fall in two kinds by the n-gram they followed: long (a
-    copy run) and short (a coincidence). Each kind keeps a running per-token
-    acceptance r (every drafted position up to the first rejection is a trial,
-    as for the model), so a proposal cut to depth n is worth 1 + r + ... + r^n
-    tokens for the profiled verify cost of its tree; a short proposal is cut
-    where that rate peaks, a long one verified whole. The model's rate comes
-    from its cost-aware length policy. The larger wins; where the model is
-    drafting, a lookup proposal must also start with the draft's first choice.
-    A kind declined `auto_probe_every` times is verified once uncut, so its
-    estimate can recover. Without a profile: lookup when it has a proposal,
-    else the model. `choices` counts passes per kind.
-
-    Entering the model costs a prefill (its prompt window, or `rejoin` recent
-    tokens). It (re)starts only after `auto_entry_misses` lookup misses in a
-    row, and only where the target's recent top-1 probability, taken as the
-    draft's acceptance, repays that prefill `auto_entry_margin` times within
-    `auto_payback_tokens` tokens (fewer near max_tokens, and fewer while lookup
-    is expected to copy the rest of an edit's source). The numbers are
-    PolicyConfig fields (policy_config.py), with what chose each.
+    Without a profile (verify_ms None) nothing is priced: lookup when it has a proposal, else
+    the model. `chosen` is this pass's (member, kind), kind one of long/short (lookup, by the
+    n-gram it followed), model, both (merged); `choices` counts passes per kind and none.
     """
 
     name = "auto"
 
     def __init__(self, lookup, model=None, verify_ms: Callable[[int], float] | None = None,
-                 probe_every: int | None = None, decay: float | None = None, priors: dict | None = None,
                  draft_prefill_ms: float | None = None, config: PolicyConfig = DEFAULT):
-        """draft_prefill_ms: the draft's cost per token fed in a batch (from its profile).
-        probe_every, decay, priors ({kind: acceptance}): this drafter's own values (None: the
-        config's auto_probe_every, acceptance_decay, auto_long_prior and auto_short_prior)."""
+        """draft_prefill_ms: the draft's cost per token fed in a batch (from its profile)."""
         self.config = config
         if model is not None and draft_prefill_ms is not None and not isinstance(model.length, CostAwareLength):
             raise TypeError("a priced auto needs a model drafter whose length policy is CostAwareLength")
-        self.lookup, self.model, self.verify_ms = lookup, model, verify_ms
+        self.lookup, self.model, self.profile_ms = lookup, model, verify_ms
         self.draft_prefill_ms = draft_prefill_ms
-        self.probe_every = config.auto_probe_every if probe_every is None else probe_every
-        self.decay = config.acceptance_decay if decay is None else decay
-        priors = priors or {"long": config.auto_long_prior, "short": config.auto_short_prior}
-        # kind -> [trials, successes]; the prior is worth prior_trials trials, so that one
-        # rejected short match does not stop short matches (a copy often starts with one)
-        n = config.prior_trials
-        self.evidence = {k: [n, r * n] for k, r in priors.items()}
-        self.idle = {k: 0 for k in self.evidence}
-        self.chosen = None  # (member, kind) that drafted the last pass
+        self.calibration = Calibration(config.lookup_match_edges, config.lookup_match_priors,
+                                       config.prior_trials, config.acceptance_decay)
+        self.chosen = None  # (member, kind) that drafted the last pass; None: plain
+        self._proposal: DraftTree | None = None  # lookup's part of the last proposal
+        self._model_nodes = 0  # the model's part of it: nodes 1.. of the merged tree
         self.misses = 0  # passes in a row in which lookup delivered no token
         self._confidence = [0.0, 0.0]  # decayed sum of the target's top-1 probabilities, weight
         self.end: int | None = None  # context length where this generation stops (max_tokens)
         self.prompt_len: int | None = None  # context tokens that are the prompt
         self.to_copy = 0  # prompt tokens after the source of the last long copy
-        self.choices = {"long": 0, "short": 0, "model": 0, "none": 0}
+        self.choices = {"long": 0, "short": 0, "model": 0, "both": 0, "none": 0}
         self.peeks = self.vetoed = 0  # lookup proposals the model checked, and turned down
 
-    def acceptance(self, kind: str) -> float:
-        trials, successes = self.evidence[kind]
-        return successes / trials
+    # ------------------------------------------------------------------ estimates
+
+    def verify_ms(self, size: int) -> float:
+        """A target pass over `size` tokens: the profile, corrected live where the model keeps it."""
+        if self.model is not None and isinstance(self.model.length, CostAwareLength):
+            return self.model.length.verify_ms(size)
+        return self.profile_ms(size)
+
+    def lookup_accept(self) -> list[float]:
+        """Per node of lookup's last proposal: its calibrated chance, given its parent."""
+        return [1.0] + [self.calibration(e) for e in self.lookup.evidence[1:]]
 
     @property
     def target_confidence(self) -> float | None:
@@ -80,40 +85,108 @@ class AutoDrafter:
         total, weight = self._confidence
         return total / weight if weight else None
 
-    def _rate(self, r: float, depth: int, nodes: int) -> float:
-        return expected_tokens(r, depth) / self.model.length.verify_ms(nodes + 1)
+    def model_rate(self, context) -> float:
+        """Expected tokens per ms if the model drafts this pass (0: it may not)."""
+        model, length = self.model, self.model.length
+        if not model.warm or model.lag(context) > model.rejoin:  # a (re)start
+            if self.misses < self.config.auto_entry_misses:
+                return 0.0  # (lookup may deliver again: a restart there is paid for one pass)
+            return self._entry_rate(context)
+        feed = max(0, model.catch_up(context) - self.config.draft_steady_feed)  # (a few: a draft step)
+        return length.rate(length.k, extra_ms=feed * self.draft_prefill_ms / self.config.auto_catch_up_passes)
 
-    def best_depth(self, kind: str, most: int) -> int:
-        """The lookup chain length with the most expected tokens per ms for this kind."""
-        r = self.acceptance(kind)
-        return max(range(1, most + 1), key=lambda n: self._rate(r, n, n))
+    def _entry_rate(self, context) -> float:
+        """The model's rate at the target's recent confidence (taken as the draft's acceptance),
+        its (re)start's prefill spread over the passes it is expected to draft: until max_tokens
+        or `auto_payback_tokens`, less what lookup is expected to copy of an edit's source."""
+        length = self.model.length
+        a = self.target_confidence if self.target_confidence is not None else length.acceptance
+        k = max(range(length.k_max + 1), key=lambda k: length.rate(k, acceptance=a))
+        left = self.config.auto_payback_tokens if self.end is None else self.end - len(context)
+        horizon = min(self.config.auto_payback_tokens, left - self.to_copy)
+        passes = horizon / expected_tokens(a, k)
+        if k == 0 or passes <= 0:
+            return 0.0
+        entry_ms = self.model.entry_tokens(context) * self.draft_prefill_ms
+        return length.rate(k, extra_ms=self.config.auto_entry_margin * entry_ms / passes, acceptance=a)
+
+    # ------------------------------------------------------------------ the choice
 
     def propose(self, context, budget):
         tree = self.lookup.propose(context, budget)
-        model_pays = self.model is not None and self._model_pays(context)
+        self._proposal, self._model_nodes = None, 0
+        if self.profile_ms is None or (self.model is not None and self.draft_prefill_ms is None):
+            return self._unpriced(context, budget, tree)
+        plain = 1.0 / self.verify_ms(1)
+        model = self.model_rate(context) if self.model is not None else 0.0
+        # A probing length policy drafts whatever the rates say: not drafting gives no evidence.
+        probing = model > 0 and self.model.warm and self.model.lag(context) <= self.model.rejoin \
+            and self.model.length.probing
         if len(tree) > 1:
-            kind = "long" if self.lookup.last_match >= self.lookup.long_match else "short"
-            if self._prefer_lookup(kind, tree, model_pays) and self._model_agrees(context, tree, model_pays):
-                self.chosen = (self.lookup, kind)
-                self.choices[kind] += 1
-                return tree
-        if not model_pays:
-            self.chosen = None
-            self.choices["none"] += 1
-            return DraftTree(context[-1])
-        self.chosen = (self.model, "model")
-        self.choices["model"] += 1
-        return self.model.propose(context, budget)
+            n, rate = best_cut(tree, self.lookup_accept(), self.verify_ms)
+            tree.prune(n)  # (also what a merge with the model's chain may add)
+            if rate >= max(model, plain) and self._model_agrees(context, tree, model > plain):
+                return self._choose_lookup(tree)
+        if model <= plain and not probing:
+            return self._choose(None, "none", DraftTree(context[-1]))
+        drafted = self.model.propose(context, budget)
+        if len(tree) > 1 and len(drafted) > 1:
+            merged, accept = self._merge(drafted, tree, budget)
+            if self._rate(merged, accept) > self._rate(drafted, self.model.accept):
+                self._proposal, self._model_nodes = tree, len(drafted) - 1
+                return self._choose(self.model, "both", merged)
+        return self._choose(self.model, "model", drafted)
+
+    def _unpriced(self, context, budget, tree: DraftTree) -> DraftTree:
+        if len(tree) > 1:
+            return self._choose_lookup(tree)
+        if self.model is None:
+            return self._choose(None, "none", tree)
+        return self._choose(self.model, "model", self.model.propose(context, budget))
+
+    def _choose_lookup(self, tree: DraftTree) -> DraftTree:
+        self._proposal = tree
+        kind = "long" if self.lookup.last_match >= self.lookup.long_match else "short"
+        return self._choose(self.lookup, kind, tree)
+
+    def _choose(self, member, kind: str, tree: DraftTree) -> DraftTree:
+        self.chosen = (member, kind) if member is not None else None
+        self.choices[kind] += 1
+        return tree
+
+    def _rate(self, tree: DraftTree, accept) -> float:
+        """Expected tokens per ms of verifying `tree` (the draft steps behind it are paid)."""
+        return sum(node_probabilities(tree, accept)) / self.verify_ms(len(tree))
+
+    def _merge(self, drafted: DraftTree, lookup: DraftTree, budget: int) -> tuple[DraftTree, list[float]]:
+        """The model's tree with lookup's grafted in (within `budget` nodes), and each node's
+        chance: the model's, lookup's, or the larger where both proposed it."""
+        merged = DraftTree(drafted.tokens[0])
+        for i in range(1, len(drafted)):
+            merged.add(drafted.parents[i], drafted.tokens[i], drafted.q[i])
+        accept = list(self.model.accept)
+        at = {0: 0}  # lookup node -> merged node
+        for i, p in enumerate(self.lookup_accept()[1:len(lookup)], start=1):
+            parent = at[lookup.parents[i]]
+            node = merged.find_child(parent, lookup.tokens[i])
+            if node is None:
+                if len(merged) - 1 >= budget:
+                    lookup.prune(i - 1)  # (nodes not verified are no trials)
+                    break
+                node = merged.add(parent, lookup.tokens[i])
+                accept.append(p)
+            else:
+                accept[node] = max(accept[node], p)
+            at[i] = node
+        return merged, accept
 
     def _model_agrees(self, context, tree: DraftTree, model_pays: bool) -> bool:
         """Whether a lookup proposal survives the draft model's first token, where the model
         drafts on anyway: a draft step's check (kept for the model's own proposal if lookup
-        loses) against a pass of 1.5-3 mostly rejected lookup tokens. Skipped where the model is
-        out or behind: an edit's copy runs keep lookup's passes free."""
+        loses) against a pass of mostly rejected lookup tokens. Skipped where the model is out
+        or behind: an edit's copy runs keep lookup's passes free."""
         model = self.model
-        if not (model_pays and model.warm):
-            return True
-        if model.lag(context) > self.config.auto_peek_lag:
+        if not (model_pays and model.warm) or model.lag(context) > self.config.auto_peek_lag:
             return True
         self.peeks += 1
         first = model.peek(context)
@@ -122,33 +195,67 @@ class AutoDrafter:
         self.vetoed += 1
         return False
 
-    def _model_pays(self, context) -> bool:
-        """Whether the model beats a plain pass once its entry is counted.
+    # ------------------------------------------------------------------ learning
 
-        A draft that would feed more than `rejoin` tokens to (re)start (its
-        prompt window, or the lag after lookup passes) enters only after
-        `auto_entry_misses` lookup misses in a row, and then if the target's confidence
-        says the restart pays back (`_entry_pays`), however far behind it is. Before
-        that, a shorter catch-up is a prefill paid now for the few model passes
-        likely before lookup takes over again (`auto_catch_up_passes`). (Pricing it so
-        after lookup stopped delivering kept the draft out for good: each plain
-        pass it declined made the catch-up longer.)
-        """
-        if self.verify_ms is None or self.draft_prefill_ms is None:
-            return True
-        misses_enough = self.misses >= self.config.auto_entry_misses
-        if self.model.lag(context) > self.model.rejoin:  # it would (re)start: a prefill
-            return misses_enough and self._entry_pays(context)
-        if misses_enough:
-            return True  # lookup is not delivering: the model drafts for more than a few passes
-        if not self.model.warm:
-            return True
-        lag = self.model.catch_up(context)
-        length = self.model.length
-        if lag <= self.config.auto_free_catch_up or length.k == 0 or length.probing:
-            return True  # (a probe must run, or stale evidence would keep the model out for good)
-        catch_up = lag * self.draft_prefill_ms / self.config.auto_catch_up_passes
-        return length.rate(length.k, extra_ms=catch_up) >= length.rate(0)
+    def start(self, prompt_len: int, end: int) -> None:
+        self.prompt_len, self.end = prompt_len, end
+        self.lookup.start(prompt_len, end)
+        if self.model is not None:
+            self.model.start(prompt_len, end)
+
+    def observe(self, report):
+        verdict, tree = report.verdict, report.tree
+        member = self.chosen[0] if self.chosen else None
+        modelled = member is not None and member is self.model
+        delivered = self._proposal is not None and self._accepted_in(self._proposal, verdict) > 0
+        self.misses = 0 if delivered else self.misses + 1
+        if not modelled:  # plain or lookup pass
+            if report.logits is not None:  # (a report may leave them out: a trace without them)
+                self._observe_confidence(report.logits[verdict.accepted[-self.config.auto_confidence_rows:]])
+            if self.model is not None:  # the model's policy prices its drafts against these costs
+                self.model.length.observe_costs(None, report.verify_ms, len(tree))
+        if self._proposal is not None:
+            self._observe_lookup(self._proposal, verdict)
+        if modelled:
+            self.model.observe(self._model_report(report))
+        if member is self.lookup:
+            n, accepted = self.lookup.long_match, verdict.num_accepted
+            if self.chosen[1] == "long" and accepted >= n and self.prompt_len is not None:
+                self._locate_copy(verdict.tokens[accepted - n:accepted])
+
+    def _model_report(self, report):
+        """The pass as the model drafted it: in a merged tree, its own nodes' verdict."""
+        if not self._model_nodes:
+            return report
+        verdict, kept = report.verdict, 1
+        while kept < len(verdict.accepted) and verdict.accepted[kept] <= self._model_nodes:
+            kept += 1  # (the model's nodes are the merged tree's first)
+        return dataclasses.replace(report, verdict=dataclasses.replace(verdict, accepted=verdict.accepted[:kept]))
+
+    @staticmethod
+    def _accepted_in(tree: DraftTree, verdict) -> int:
+        """How many of the emitted tokens `tree` proposed (along one of its paths)."""
+        node, n = 0, 0
+        for token in verdict.tokens[:verdict.num_accepted]:
+            node = tree.find_child(node, token)
+            if node is None:
+                break
+            n += 1
+        return n
+
+    def _observe_lookup(self, tree: DraftTree, verdict) -> None:
+        """Each lookup node whose parent was accepted is a trial of its evidence's bucket."""
+        evidence, node = self.lookup.evidence, 0
+        accepted = verdict.tokens[:verdict.num_accepted]
+        for depth in range(len(accepted) + 1):
+            nxt = None
+            for child in tree.children(node):
+                hit = depth < len(accepted) and tree.tokens[child] == accepted[depth]
+                self.calibration.observe(evidence[child], hit)
+                nxt = child if hit else nxt
+            if nxt is None:
+                return
+            node = nxt
 
     def _locate_copy(self, copied) -> None:
         """Where in the prompt a long copy just accepted stands (`copied`: its last accepted
@@ -159,67 +266,6 @@ class AutoDrafter:
         end = self.lookup.source_end(copied, self.prompt_len)
         if end is not None:
             self.to_copy = self.prompt_len - end
-
-    def _entry_pays(self, context) -> bool:
-        """Whether the model, accepted at the target's recent confidence, saves more than its
-        (re)start costs, `auto_entry_margin` times, within `auto_payback_tokens` tokens (or the
-        tokens left before max_tokens)."""
-        confidence, length = self.target_confidence, self.model.length
-        if confidence is None:
-            return True
-        payback = self.config.auto_payback_tokens
-        left = payback if self.end is None else self.end - len(context)
-        horizon = min(payback, left - self.to_copy)  # (lookup copies the rest of an edit)
-        saved = length.verify_ms(1) - length.best_ms_per_token(confidence)
-        entry_ms = self.model.entry_tokens(context) * self.draft_prefill_ms
-        return saved * horizon > self.config.auto_entry_margin * entry_ms
-
-    def _prefer_lookup(self, kind: str, tree: DraftTree, model_pays: bool) -> bool:
-        """Whether lookup drafts this pass (cutting `tree` to its best depth in place): it must
-        beat the model's rate, or a plain pass's where the model would not draft."""
-        if self.model is None or self.verify_ms is None:
-            return True
-        self.idle[kind] += 1
-        if self.idle[kind] >= self.probe_every:
-            return True  # a probe, uncut: a long copy can show it is one
-        # A copy is all or nothing more often than one rate says (edit-rename-variable: 18 of 20
-        # eight-token copies accepted whole, where r ~ 0.9 had cut them to four): cut short ones only.
-        if kind != "long":
-            tree.prune(self.best_depth(kind, len(tree) - 1))
-        length = self.model.length
-        depth = int(tree.depths().max())
-        rival = length.rate(length.k) if model_pays else length.rate(0)
-        return self._rate(self.acceptance(kind), depth, len(tree) - 1) >= rival
-
-    def start(self, prompt_len: int, end: int) -> None:
-        self.prompt_len, self.end = prompt_len, end
-        self.lookup.start(prompt_len, end)
-        if self.model is not None:
-            self.model.start(prompt_len, end)
-
-    def observe(self, report):
-        verdict, tree = report.verdict, report.tree
-        unmodelled = self.chosen is None or self.chosen[0] is self.lookup  # plain or lookup pass
-        delivered = self.chosen is not None and self.chosen[0] is self.lookup and verdict.num_accepted > 0
-        self.misses = 0 if delivered else self.misses + 1
-        if unmodelled:
-            if report.logits is not None:  # (a report may leave them out: a trace without them)
-                self._observe_confidence(report.logits[verdict.accepted[-self.config.auto_confidence_rows:]])
-            if self.model is not None:  # the model's policy prices its drafts against these costs
-                self.model.length.observe_costs(None, report.verify_ms, len(tree))
-        if self.chosen is None:
-            return
-        member, kind = self.chosen
-        member.observe(report)
-        if member is self.lookup:
-            depth = int(tree.depths().max())
-            evidence = self.evidence[kind]
-            evidence[0] = self.decay * evidence[0] + min(verdict.num_accepted + 1, depth)
-            evidence[1] = self.decay * evidence[1] + verdict.num_accepted
-            self.idle[kind] = 0
-            n, accepted = self.lookup.long_match, verdict.num_accepted
-            if kind == "long" and accepted >= n and self.prompt_len is not None:
-                self._locate_copy(verdict.tokens[accepted - n:accepted])
 
     def _observe_confidence(self, rows: np.ndarray) -> None:
         """Fold in the target's top-1 probability at each row (the rows that chose emitted tokens)."""

@@ -181,6 +181,8 @@ class ModelDrafter:
         self.rng = rng if rng is not None else np.random.default_rng()
         self._depth = self._steps = 0  # of the last proposal: its depth, the draft steps it took
         self._steady = False  # whether those steps fed a few tokens each (a prefill is no step)
+        self.confidences: list[float] = []  # of the last proposal: the draft's, per chain token
+        self.accept: list[float] = []  # ... per node: its calibrated chance, given its parent
         self._peeked = None  # (context, logits) of the last peek
         self.ids = session.logit_ids  # logit column -> token id (a frequent-token draft head), or None
         self.vocab_size = session.vocab_size
@@ -239,6 +241,7 @@ class ModelDrafter:
         depth = min(self.length.longest(), budget, self.session.max_len - len(context) - 1)
         self._depth = self._steps = 0
         self._steady = False
+        self.confidences, self.accept = [], [1.0]
         if depth <= 0:
             return tree
         logits = self._logits_after(context)  # [V] draft logits after the context
@@ -259,7 +262,9 @@ class ModelDrafter:
             # token would change the proposal distribution q and bias sampled output.
             if not self.length.keeps(d, path_prob, confidence):
                 break  # the draft is unsure: verifying more would mostly waste target work
-            path_prob *= confidence
+            path_prob *= self.length.accepts(confidence)
+            self.confidences.append(confidence)
+            self.accept.append(self.length.accepts(confidence))
             if deterministic:
                 token, q = int(order[0]), None
             else:
@@ -274,6 +279,7 @@ class ModelDrafter:
                     if used >= budget or float(prob) < self.branch_min_prob:
                         break
                     tree.add(node, int(alt))
+                    self.accept.append(self.length.accepts(float(prob)))
                     used += 1
             node = child
             if d + 1 == depth or used >= budget:
@@ -288,7 +294,7 @@ class ModelDrafter:
         return tree
 
     def observe(self, report: PassReport) -> None:
-        self.length.update(report.verdict.num_accepted, int(self._depth))
+        self.length.update(report.verdict.num_accepted, int(self._depth), self.confidences)
         step_ms = report.draft_ms / self._steps if self._steady else None
         self.length.observe_costs(step_ms, report.verify_ms, len(report.tree))
 

@@ -43,6 +43,7 @@ class NgramDrafter:
         self.long_match = long_match
         self.max_branches = max_branches  # distinct continuations per proposal
         self.max_matches = max_matches  # occurrences examined per n-gram length
+        self.match_cap = config.lookup_match_cap  # longest match measured (the evidence of auto's calibration)
         self.reset()
 
     def start(self, prompt_len: int, end: int) -> None:
@@ -55,6 +56,9 @@ class NgramDrafter:
         """Forget the context (call between unrelated sequences)."""
         self.context: list[int] = []
         self.last_match = 0  # length of the n-gram the last proposal followed (0: none)
+        # per node of the last proposal (root first): how many context tokens before it match
+        # those before its source, up to match_cap (a copy's node deep in a long match scores high)
+        self.evidence: list[int] = [0]
         # n-gram -> positions e (ascending) with context[e-n:e] == n-gram and e < len(context):
         # every indexed occurrence has at least one following token, context[e].
         self.index: dict[tuple[int, ...], list[int]] = {}
@@ -79,6 +83,15 @@ class NgramDrafter:
         ends = self.index.get(tuple(ngram), ())  # ascending
         return next((e for e in reversed(ends) if e < limit), None)
 
+    def _match_length(self, e: int, n: int) -> int:
+        """How many tokens before position e equal the context's last ones (n are known to),
+        counted up to match_cap."""
+        ctx, most = self.context, min(self.match_cap, e)
+        m = n
+        while m < most and ctx[e - m - 1] == ctx[-m - 1]:
+            m += 1
+        return m
+
     def propose(self, context: Sequence[int], budget: int) -> DraftTree:
         """Draft tree with root context[-1] and at most `budget` nodes beyond it."""
         if len(context) == 0:
@@ -89,6 +102,7 @@ class NgramDrafter:
         budget = max(int(budget), 0)
         branches = 0
         self.last_match = 0
+        self.evidence = [0]
         for n in range(min(self.max_ngram, len(ctx)), self.min_ngram - 1, -1):
             ends = self.index.get(tuple(ctx[-n:]), ())
             for e in reversed(ends[-self.max_matches:]):  # most recent first
@@ -103,6 +117,8 @@ class NgramDrafter:
                 new = cont[j:j + budget]
                 if new:
                     self.last_match = max(self.last_match, n)
+                    match = self._match_length(e, n)
+                    self.evidence += [match + j + i for i in range(len(new))]
                     tree.add_path(node, new)
                     budget -= len(new)
                     branches += 1

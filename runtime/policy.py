@@ -8,8 +8,9 @@ using the device profile for costs and an exponential moving estimate of a.
 
 Within a pass, the draft's own confidence is a better guide than the average:
 a drafted token is verified only while the chance that it is accepted (the
-draft's probability of its path, well calibrated for a same-family draft)
-times what a token costs at the current rate beats one more verified token,
+product along its path of each token's calibrated acceptance: the draft's
+probability, corrected per probability bucket by what the target accepted,
+see Calibration) times what a token costs at the current rate beats one more verified token,
 and the draft takes another step only while the path so far, times the
 running acceptance, pays for that step too (as in SVIP). Replayed over the
 suite's greedy traces with this CPU's costs, this beats a fixed k=3 chain
@@ -19,16 +20,86 @@ live, side by side with the k + 0.3 stop it replaced, by 2-6%.
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Callable, Protocol, Sequence
 
 from .policy_config import DEFAULT, PolicyConfig
+from .tree import DraftTree
 
 
 def expected_tokens(a: float, k: int) -> float:
     if a >= 1.0:
         return k + 1.0
     return (1.0 - a ** (k + 1)) / (1.0 - a)
+
+
+class Calibration:
+    """P(a drafted token is accepted | its evidence, its path accepted so far), learned online.
+
+    Evidence is a number the drafter knows when it drafts (the draft's own probability of the
+    token, or the length of the context match a lookup token continues); it falls in a bucket
+    between `edges`, and each bucket keeps decayed counts of trials and acceptances, starting
+    from its prior worth `trials` trials. Only tokens whose path was accepted are trials: the
+    estimate is the chance of the next token given the last one held.
+    """
+
+    def __init__(self, edges: Sequence[float], priors: Sequence[float], trials: float, decay: float):
+        if len(priors) != len(edges) + 1:
+            raise ValueError(f"{len(edges)} bucket edges need {len(edges) + 1} priors (got {len(priors)})")
+        self.edges, self.decay = tuple(edges), decay
+        self.counts = [[trials, p * trials] for p in priors]  # per bucket: [trials, acceptances]
+
+    @classmethod
+    def identity(cls, edges: Sequence[float], trials: float, decay: float) -> Calibration:
+        """Buckets of a probability whose priors are the bucket's middle: the draft trusted
+        until the target says otherwise."""
+        bounds = (0.0, *edges, 1.0)
+        return cls(edges, [(lo + hi) / 2 for lo, hi in zip(bounds, bounds[1:])], trials, decay)
+
+    def bucket(self, evidence: float) -> int:
+        return bisect_right(self.edges, evidence)
+
+    def __call__(self, evidence: float) -> float:
+        trials, accepted = self.counts[self.bucket(evidence)]
+        return accepted / trials
+
+    def observe(self, evidence: float, accepted: bool) -> None:
+        counts = self.counts[self.bucket(evidence)]
+        counts[0] = self.decay * counts[0] + 1.0
+        counts[1] = self.decay * counts[1] + float(accepted)
+
+    def observe_path(self, evidence: Sequence[float], accepted: int) -> None:
+        """A chain whose tokens had `evidence` and whose first `accepted` were accepted."""
+        for depth, e in enumerate(evidence[:accepted + 1]):
+            self.observe(e, depth < accepted)
+
+
+def node_probabilities(tree: DraftTree, accept: Sequence[float]) -> list[float]:
+    """P(node reached) for every node, from each drafted node's acceptance given its parent
+    (`accept[i]`, root's ignored). Children of one node are exclusive (the target picks one
+    token): where their estimates add up past 1 they are scaled down to 1."""
+    reach = [1.0] * len(tree)
+    for i in range(len(tree)):
+        kids = tree.children(i)
+        total = sum(accept[c] for c in kids)
+        scale = 1.0 / total if total > 1.0 else 1.0
+        for c in kids:
+            reach[c] = reach[i] * accept[c] * scale
+    return reach
+
+
+def best_cut(tree: DraftTree, accept: Sequence[float], cost_ms: Callable[[int], float]) -> tuple[int, float]:
+    """The number of drafted nodes n (a prefix in insertion order, so a tree) with the most
+    expected tokens per ms, n >= 1, and that rate; cost_ms(s): verifying s tokens."""
+    reach = node_probabilities(tree, accept)
+    best, rate, tokens = 0, 0.0, 1.0
+    for n in range(1, len(tree)):
+        tokens += reach[n]
+        r = tokens / cost_ms(n + 1)
+        if r > rate:
+            best, rate = n, r
+    return best, rate
 
 
 class LengthPolicy(Protocol):
@@ -46,7 +117,12 @@ class LengthPolicy(Protocol):
     def looks(self, depth: int, path_prob: float) -> bool:
         """Whether to pay a draft step for the token at `depth`, before seeing its confidence."""
 
-    def update(self, accepted: int, proposed_depth: int) -> None: ...
+    def accepts(self, confidence: float) -> float:
+        """The chance a token the draft gives `confidence` is accepted (its path held)."""
+
+    def update(self, accepted: int, proposed_depth: int, confidences: Sequence[float] = ()) -> None:
+        """A proposal `proposed_depth` deep had `accepted` tokens accepted; `confidences`: the
+        draft's, per token of its chain."""
 
     def observe_costs(self, draft_ms_per_step: float | None, verify_ms: float, size: int) -> None: ...
 
@@ -73,13 +149,16 @@ class DraftLength:
     def keeps(self, depth: int, path_prob: float, confidence: float) -> bool:
         return depth == 0 or confidence >= self.min_confidence
 
+    def accepts(self, confidence: float) -> float:
+        return confidence  # (uncalibrated: this schedule's stop reads the confidence itself)
+
     def looks(self, depth: int, path_prob: float) -> bool:
         return True
 
     def observe_costs(self, draft_ms_per_step: float | None, verify_ms: float, size: int) -> None:
         pass  # (no costs to weigh)
 
-    def update(self, accepted: int, proposed_depth: int) -> None:
+    def update(self, accepted: int, proposed_depth: int, confidences: Sequence[float] = ()) -> None:
         if proposed_depth and accepted >= proposed_depth:
             self.k = min(self.k + 1, self.k_max)
         elif accepted < proposed_depth:
@@ -121,6 +200,9 @@ class CostAwareLength:
         # 60-71 against 62-69. Priced on one level, drafts that lost to plain passes were
         # taken. So one-token passes set their own level, once one is timed.
         self.single_scale: float | None = None
+        # What a token the draft gives probability p is worth: a same-family draft's p is close
+        # to the target's acceptance, and the buckets learn where it is not.
+        self.calibration = Calibration.identity(config.draft_confidence_edges, self.trials, self.decay)
         self.k = self.best_k()
 
     @property
@@ -158,7 +240,10 @@ class CostAwareLength:
         return self.k_max if self.k else 0  # (the draft's confidence stops the chain sooner)
 
     def keeps(self, depth: int, path_prob: float, confidence: float) -> bool:
-        return self.worth_including(depth, path_prob * confidence)
+        return self.worth_including(depth, path_prob * self.accepts(confidence))
+
+    def accepts(self, confidence: float) -> float:
+        return self.calibration(confidence)
 
     def looks(self, depth: int, path_prob: float) -> bool:
         return self.worth_looking(depth, path_prob)
@@ -204,7 +289,8 @@ class CostAwareLength:
             self.verify_scale = a * self.verify_scale + (1 - a) * scale
         self._choose_k()  # (keeps a due probe: a pass's costs come after its update)
 
-    def update(self, accepted: int, proposed_depth: int) -> None:
+    def update(self, accepted: int, proposed_depth: int, confidences: Sequence[float] = ()) -> None:
+        self.calibration.observe_path(confidences, accepted)
         if self.probing:  # the next probe waits longer unless this one was accepted whole
             paid = proposed_depth and accepted >= proposed_depth
             longest = self.config.length_probe_max

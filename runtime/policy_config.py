@@ -26,6 +26,8 @@ class PolicyConfig:
     # -- the draft model's length, priced from the device profile (policy.CostAwareLength) --
     # acceptance of a same-family draft before evidence: bench explain-decorator 0.94 -> 1.22x (ac6969f)
     draft_prior: float = 0.8
+    # buckets of the draft's probability, priors their middles: code.json's traces accepted 0.41/0.68/0.79/0.91/0.99
+    draft_confidence_edges: tuple[float, ...] = (0.3, 0.5, 0.7, 0.85, 0.95)
     # longest chain a pass may draft (the draft's confidence stops it sooner); set with the policy (3a057c4)
     length_k_max: int = 10
     # passes without drafting before a probe; set with the policy (3a057c4)
@@ -78,18 +80,16 @@ class PolicyConfig:
     lookup_max_branches: int = 2
     # earlier occurrences examined per n-gram length; set with the package (3984bf9)
     lookup_max_matches: int = 16
+    # a match is measured back this far, no further: the evidence's last bucket starts at 16
+    lookup_match_cap: int = 16
 
     # -- auto: lookup or the model, pass by pass (auto.AutoDrafter) --
-    # lookup acceptance after a long match before evidence: copies run on; set with match kinds (72801c9)
-    auto_long_prior: float = 0.9
-    # lookup acceptance after a short match before evidence; set with match kinds (72801c9)
-    auto_short_prior: float = 0.6
-    # declined proposals of a kind before one is verified uncut, so its estimate can recover (bbbd452)
-    auto_probe_every: int = 8
+    # bucket edges of a lookup token's evidence, the match it continues (tokens): 2, 3, 4-5, 6-9, 10-15, 16+
+    lookup_match_edges: tuple[float, ...] = (3, 4, 6, 10, 16)
+    # acceptance per bucket before evidence: measured 0.45/0.55/0.60/0.86/0.98/0.97 on code.json's traces (AMD)
+    lookup_match_priors: tuple[float, ...] = (0.45, 0.55, 0.6, 0.85, 0.95, 0.97)
     # a short catch-up is paid over this many model passes before lookup takes over again (9a06240)
     auto_catch_up_passes: int = 4
-    # a catch-up this short is not priced (the draft is drafting); set with catch-up pricing (9a06240)
-    auto_free_catch_up: int = 4
     # lookup misses in a row before the draft (re)starts: no prefill at an edit's gaps, edits +8-15% (3d8fe1e)
     auto_entry_misses: int = 3
     # an entry repays its prefill within this many tokens (half a reply): explain 0.92 -> 0.99-1.06x (b01fec8)

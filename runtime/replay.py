@@ -334,13 +334,19 @@ def policy_config(settings: Sequence[str], base: PolicyConfig = DEFAULT) -> Poli
             raise InputError(f"unknown PolicyConfig field '{name}' in --set {setting}; "
                              f"the fields are listed in runtime/policy_config.py")
         default = getattr(base, name)
-        kind = "an integer" if isinstance(default, int) else "a number"
+        if isinstance(default, tuple):  # bucket edges or priors: numbers separated by commas
+            kind, parse = f"{len(default)} numbers separated by commas", lambda v: tuple(float(x) for x in v.split(","))
+        else:
+            kind, parse = ("an integer" if isinstance(default, int) else "a number"), type(default)
         try:
-            changes[name] = type(default)(value)
+            changes[name] = parse(value)
         except ValueError:
             raise InputError(f"--set {setting}: {name} takes {kind} (default {default}), not '{value}'") from None
-        if not math.isfinite(changes[name]):
-            raise InputError(f"--set {setting}: {name} takes a finite number (default {default})")
+        values = changes[name] if isinstance(default, tuple) else (changes[name],)
+        if isinstance(default, tuple) and len(values) != len(default):
+            raise InputError(f"--set {setting}: {name} takes {kind} (default {default})")
+        if not all(math.isfinite(v) for v in values):
+            raise InputError(f"--set {setting}: {name} takes finite numbers (default {default})")
     return dataclasses.replace(base, **changes)
 
 

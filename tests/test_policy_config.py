@@ -41,7 +41,7 @@ def test_every_field_says_what_chose_it():
     fields = {f.name for f in dataclasses.fields(PolicyConfig)}
     seen = set()
     for i, line in enumerate(lines):
-        m = re.match(r"    (\w+): [\w| ]+ = ", line)
+        m = re.match(r"    (\w+): [\w|\[\], .]+ = ", line)
         if m and m.group(1) in fields:
             seen.add(m.group(1))
             assert lines[i - 1].strip().startswith("# "), f"{m.group(1)} has no provenance comment"
@@ -128,8 +128,8 @@ def test_a_generators_config_reaches_the_drafters_it_builds(tiny_bundle, tiny_dr
     from edgespec.runtime.session import Session
     gen = Generator(Session(tiny_bundle), Session(tiny_draft_bundle), drafter="auto")
     gen.use_profiles = False
-    gen.policy_config = replace(DEFAULT, lookup_max_ngram=3, draft_window=64, auto_probe_every=5)
+    gen.policy_config = replace(DEFAULT, lookup_max_ngram=3, draft_window=64, auto_peek_lag=5)
     auto = drafters.create("auto", gen.draft_context(SamplingParams()))
-    assert (auto.probe_every, auto.lookup.max_ngram, auto.model.window) == (5, 3, 64)
+    assert (auto.config.auto_peek_lag, auto.lookup.max_ngram, auto.model.window) == (5, 3, 64)
     lookup, model, _ = drafters.create("mixed", gen.draft_context(SamplingParams())).members
     assert (lookup.max_ngram, model.window) == (3, 64)
