@@ -63,7 +63,7 @@ def _speed(mode: dict | None) -> str:
 
 
 def _choices(mode: dict | None) -> str:
-    """Auto's passes per kind, as l(ong) s(hort) m(odel) n(one)."""
+    """Auto's passes per kind, as l(ong) s(hort) m(odel) b(oth) n(one)."""
     c = (mode or {}).get("choices")
     return "-" if not c else " ".join(f"{k[0]}{v}" for k, v in c.items() if v)
 
@@ -96,7 +96,7 @@ def print_replay(result: dict, settings=()) -> None:
     if skipped:
         console.print(f"not replayed on traces without the draft's distributions: {', '.join(skipped)}", soft_wrap=True)
     console.print("auto/best: auto's replayed speed over the best other drafter's; auto's passes: l(ong) and "
-                  "s(hort) lookup, m(odel), n(one: plain)", soft_wrap=True)
+                  "s(hort) lookup, m(odel), b(oth: model and lookup merged), n(one: plain)", soft_wrap=True)
     console.print(f"simulated time: draft feeds, target passes and the loop's overhead per pass priced from each "
                   f"trace's costs, lookup free; draft length policy: {result['length']}", soft_wrap=True)
     sources = Counter(r["costs"] for r in rows)

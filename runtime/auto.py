@@ -56,6 +56,10 @@ class AutoDrafter:
         self.draft_prefill_ms = draft_prefill_ms
         self.calibration = Calibration(config.lookup_match_edges, config.lookup_match_priors,
                                        config.prior_trials, config.acceptance_decay)
+        # The draft's per-token acceptance by the target's recent confidence: what an entry is
+        # priced at before the draft has drafted (it drafts where it is sure, so above that confidence)
+        self.entry_calibration = Calibration(config.entry_confidence_edges, config.entry_acceptance_priors,
+                                             config.prior_trials, config.acceptance_decay)
         self.chosen = None  # (member, kind) that drafted the last pass; None: plain
         self._proposal: DraftTree | None = None  # lookup's part of the last proposal
         self._model_nodes = 0  # the model's part of it: nodes 1.. of the merged tree
@@ -85,22 +89,24 @@ class AutoDrafter:
         total, weight = self._confidence
         return total / weight if weight else None
 
-    def model_rate(self, context) -> float:
-        """Expected tokens per ms if the model drafts this pass (0: it may not)."""
+    def model_rate(self, context) -> tuple[float, bool]:
+        """Expected tokens per ms if the model drafts this pass (0: it may not), and whether it
+        must: a following draft whose length policy probes (not drafting gives no evidence)."""
         model, length = self.model, self.model.length
         if not model.warm or model.lag(context) > model.rejoin:  # a (re)start
             if self.misses < self.config.auto_entry_misses:
-                return 0.0  # (lookup may deliver again: a restart there is paid for one pass)
-            return self._entry_rate(context)
+                return 0.0, False  # (lookup may deliver again: a restart there is paid for one pass)
+            return self._entry_rate(context), False
         feed = max(0, model.catch_up(context) - self.config.draft_steady_feed)  # (a few: a draft step)
-        return length.rate(length.k, extra_ms=feed * self.draft_prefill_ms / self.config.auto_catch_up_passes)
+        extra_ms = feed * self.draft_prefill_ms / self.config.auto_catch_up_passes
+        return length.rate(length.k, extra_ms=extra_ms), length.probing
 
     def _entry_rate(self, context) -> float:
-        """The model's rate at the target's recent confidence (taken as the draft's acceptance),
+        """The model's rate at the acceptance calibrated for the target's recent confidence,
         its (re)start's prefill spread over the passes it is expected to draft: until max_tokens
         or `auto_payback_tokens`, less what lookup is expected to copy of an edit's source."""
-        length = self.model.length
-        a = self.target_confidence if self.target_confidence is not None else length.acceptance
+        length, confidence = self.model.length, self.target_confidence
+        a = length.acceptance if confidence is None else self.entry_calibration(confidence)
         k = max(range(length.k_max + 1), key=lambda k: length.rate(k, acceptance=a))
         left = self.config.auto_payback_tokens if self.end is None else self.end - len(context)
         horizon = min(self.config.auto_payback_tokens, left - self.to_copy)
@@ -118,10 +124,7 @@ class AutoDrafter:
         if self.profile_ms is None or (self.model is not None and self.draft_prefill_ms is None):
             return self._unpriced(context, budget, tree)
         plain = 1.0 / self.verify_ms(1)
-        model = self.model_rate(context) if self.model is not None else 0.0
-        # A probing length policy drafts whatever the rates say: not drafting gives no evidence.
-        probing = model > 0 and self.model.warm and self.model.lag(context) <= self.model.rejoin \
-            and self.model.length.probing
+        model, probing = self.model_rate(context) if self.model is not None else (0.0, False)
         if len(tree) > 1:
             n, rate = best_cut(tree, self.lookup_accept(), self.verify_ms)
             tree.prune(n)  # (also what a merge with the model's chain may add)
@@ -209,15 +212,22 @@ class AutoDrafter:
         modelled = member is not None and member is self.model
         delivered = self._proposal is not None and self._accepted_in(self._proposal, verdict) > 0
         self.misses = 0 if delivered else self.misses + 1
-        if not modelled:  # plain or lookup pass
-            if report.logits is not None:  # (a report may leave them out: a trace without them)
-                self._observe_confidence(report.logits[verdict.accepted[-self.config.auto_confidence_rows:]])
-            if self.model is not None:  # the model's policy prices its drafts against these costs
-                self.model.length.observe_costs(None, report.verify_ms, len(tree))
         if self._proposal is not None:
             self._observe_lookup(self._proposal, verdict)
         if modelled:
-            self.model.observe(self._model_report(report))
+            own = self._model_report(report)
+            if self.target_confidence is not None:  # (the evidence an entry is priced on)
+                chain = self.model.confidences
+                trials = min(own.verdict.num_accepted + 1, len(chain))
+                self.entry_calibration.observe_path([self.target_confidence] * trials, own.verdict.num_accepted)
+            self.model.observe(own)
+        elif self.model is not None:  # the model's policy prices its drafts against these costs
+            length = self.model.length
+            length.observe_costs(None, report.verify_ms, len(tree))
+            if not length.probing:
+                length.update(0, 0)  # a pass it did not draft: its probe comes due after enough of them
+        if report.logits is not None:  # (a report may leave them out: a trace without them)
+            self._observe_confidence(report.logits[verdict.accepted[-self.config.auto_confidence_rows:]])
         if member is self.lookup:
             n, accepted = self.lookup.long_match, verdict.num_accepted
             if self.chosen[1] == "long" and accepted >= n and self.prompt_len is not None:

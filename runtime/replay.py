@@ -173,6 +173,7 @@ class Replay:
     kinds: list[str] = field(default_factory=list)  # per pass: auto's choice, else the drafter's name
     sizes: list[int] = field(default_factory=list)  # per pass: tree nodes, root included
     choices: dict | None = None  # auto's passes per kind
+    policy: object = field(default=None, repr=False)  # the drafter, as the replay left it
 
     @property
     def passes(self) -> int:
@@ -276,6 +277,7 @@ def replay(trace: dict, drafter: str, config: PolicyConfig = DEFAULT, length: st
         result.sizes.append(len(tree))
     choices = getattr(policy, "choices", None)
     result.choices = dict(choices) if choices else None
+    result.policy = policy
     return result
 
 

@@ -32,7 +32,7 @@ Format (JSON, gzip when the name ends in .gz), version VERSION:
                      proposal starts reading; step_ms, prefill_ms: that run's timing; null
                      without a draft model
   passes             per target pass: context (its length), budget, chosen (auto's kind: long,
-                     short, model, none; else the drafter's name), match (lookup's n-gram, or
+                     short, model, both, none; else the drafter's name), match (lookup's n-gram, or
                      null), tokens and parents (the tree, root first), size, accepted, emitted,
                      draft_ms, verify_ms, wall_ms (to the next proposal; not on the last pass)
 """

@@ -326,10 +326,8 @@ def test_a_generation_tells_auto_where_it_stops_and_how_sure_the_target_is(targe
     gen = Generator(target, drafter="auto")  # lookup alone: every pass shows the target's rows
     gen.use_profiles = False
     seen = []
-    make = gen._drafter
 
-    def drafter(params, seeds):
-        auto = make(params, seeds)
+    def watch(auto):
         observe = auto.observe
 
         def watched(report):
@@ -337,7 +335,7 @@ def test_a_generation_tells_auto_where_it_stops_and_how_sure_the_target_is(targe
             seen.append((auto.end, auto.target_confidence))
         auto.observe = watched
         return auto
-    gen._drafter = drafter
+    gen.drafter_wrapper = watch
     gen.generate(PROMPT, max_tokens=9)
     assert seen and all(end == len(gen.encode(PROMPT)) + 9 for end, _ in seen)
     assert all(0.0 < confidence <= 1.0 for _, confidence in seen)
