@@ -164,9 +164,7 @@ class AutoDrafter:
     def _merge(self, drafted: DraftTree, lookup: DraftTree, budget: int) -> tuple[DraftTree, list[float]]:
         """The model's tree with lookup's grafted in (within `budget` nodes), and each node's
         chance: the model's, lookup's, or the larger where both proposed it."""
-        merged = DraftTree(drafted.tokens[0])
-        for i in range(1, len(drafted)):
-            merged.add(drafted.parents[i], drafted.tokens[i], drafted.q[i])
+        merged = DraftTree(drafted.tokens[0]).merge(drafted)  # (a copy: node i stays node i)
         accept = list(self.model.accept)
         at = {0: 0}  # lookup node -> merged node
         for i, p in enumerate(self.lookup_accept()[1:len(lookup)], start=1):
@@ -210,10 +208,8 @@ class AutoDrafter:
         verdict, tree = report.verdict, report.tree
         member = self.chosen[0] if self.chosen else None
         modelled = member is not None and member is self.model
-        delivered = self._proposal is not None and self._accepted_in(self._proposal, verdict) > 0
+        delivered = self._observe_lookup(self._proposal, verdict) if self._proposal is not None else 0
         self.misses = 0 if delivered else self.misses + 1
-        if self._proposal is not None:
-            self._observe_lookup(self._proposal, verdict)
         if modelled:
             own = self._model_report(report)
             if self.target_confidence is not None:  # (the evidence an entry is priced on)
@@ -242,30 +238,20 @@ class AutoDrafter:
             kept += 1  # (the model's nodes are the merged tree's first)
         return dataclasses.replace(report, verdict=dataclasses.replace(verdict, accepted=verdict.accepted[:kept]))
 
-    @staticmethod
-    def _accepted_in(tree: DraftTree, verdict) -> int:
-        """How many of the emitted tokens `tree` proposed (along one of its paths)."""
-        node, n = 0, 0
-        for token in verdict.tokens[:verdict.num_accepted]:
-            node = tree.find_child(node, token)
-            if node is None:
-                break
-            n += 1
-        return n
-
-    def _observe_lookup(self, tree: DraftTree, verdict) -> None:
-        """Each lookup node whose parent was accepted is a trial of its evidence's bucket."""
-        evidence, node = self.lookup.evidence, 0
+    def _observe_lookup(self, tree: DraftTree, verdict) -> int:
+        """Each lookup node whose parent was accepted is a trial of its evidence's bucket.
+        Returns how many of the accepted tokens lookup proposed (along one of its paths)."""
+        evidence, node, depth = self.lookup.evidence, 0, 0
         accepted = verdict.tokens[:verdict.num_accepted]
-        for depth in range(len(accepted) + 1):
+        while True:
             nxt = None
             for child in tree.children(node):
                 hit = depth < len(accepted) and tree.tokens[child] == accepted[depth]
                 self.calibration.observe(evidence[child], hit)
                 nxt = child if hit else nxt
             if nxt is None:
-                return
-            node = nxt
+                return depth
+            node, depth = nxt, depth + 1
 
     def _locate_copy(self, copied) -> None:
         """Where in the prompt a long copy just accepted stands (`copied`: its last accepted

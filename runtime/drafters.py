@@ -262,9 +262,10 @@ class ModelDrafter:
             # token would change the proposal distribution q and bias sampled output.
             if not self.length.keeps(d, path_prob, confidence):
                 break  # the draft is unsure: verifying more would mostly waste target work
-            path_prob *= self.length.accepts(confidence)
+            chance = self.length.accepts(confidence)
+            path_prob *= chance
             self.confidences.append(confidence)
-            self.accept.append(self.length.accepts(confidence))
+            self.accept.append(chance)
             if deterministic:
                 token, q = int(order[0]), None
             else:
