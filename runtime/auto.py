@@ -79,6 +79,10 @@ class AutoDrafter:
             return self.model.length.verify_ms(size)
         return self.profile_ms(size)
 
+    def prefill_ms(self) -> float:
+        """The draft's cost per token fed in a batch: its profile's, at the level its length policy keeps."""
+        return self.draft_prefill_ms * self.model.length.draft_scale
+
     def lookup_accept(self) -> list[float]:
         """Per node of lookup's last proposal: its calibrated chance, given its parent."""
         return [1.0] + [self.calibration(e) for e in self.lookup.evidence[1:]]
@@ -98,7 +102,7 @@ class AutoDrafter:
                 return 0.0, False  # (lookup may deliver again: a restart there is paid for one pass)
             return self._entry_rate(context), False
         feed = max(0, model.catch_up(context) - self.config.draft_steady_feed)  # (a few: a draft step)
-        extra_ms = feed * self.draft_prefill_ms / self.config.auto_catch_up_passes
+        extra_ms = feed * self.prefill_ms() / self.config.auto_catch_up_passes
         return length.rate(length.k, extra_ms=extra_ms), length.probing
 
     def _entry_rate(self, context) -> float:
@@ -113,7 +117,7 @@ class AutoDrafter:
         passes = horizon / expected_tokens(a, k)
         if k == 0 or passes <= 0:
             return 0.0
-        entry_ms = self.model.entry_tokens(context) * self.draft_prefill_ms
+        entry_ms = self.model.entry_tokens(context) * self.prefill_ms()
         return length.rate(k, extra_ms=self.config.auto_entry_margin * entry_ms / passes, acceptance=a)
 
     # ------------------------------------------------------------------ the choice

@@ -26,7 +26,7 @@ import numpy as np
 from ..contract.errors import InputError
 from .sampling import SamplingParams, probabilities, sample
 from .session import Session
-from .policy import CostAwareLength, DraftLength, LengthPolicy
+from .policy import CostAwareLength, CostRelatives, DraftLength, LengthPolicy
 from .policy_config import DEFAULT, PolicyConfig
 from .tree import DraftTree
 from .verify import Verdict
@@ -306,8 +306,13 @@ def _length_policy(ctx: DraftContext) -> LengthPolicy:
         from ..devices.profile import cached
         target, draft = cached(ctx.target), cached(ctx.draft)
         if target is not None and draft is not None:
-            return CostAwareLength(target.cost, draft.cost(1), config=ctx.config)
+            return CostAwareLength(target.cost, draft.cost(1), config=ctx.config, relatives=_relatives(ctx))
     return DraftLength.from_config(ctx.config)
+
+
+def _relatives(ctx: DraftContext) -> CostRelatives:
+    """How this machine runs each kind of pass against its level, as earlier generations found it."""
+    return ctx.kept.setdefault("cost_relatives", CostRelatives())
 
 
 @register("model", needs_draft=True, bench=(("chain", False), ("tree", True)))
@@ -380,7 +385,7 @@ def _auto(ctx: DraftContext):
     draft = load_or_measure(ctx.draft, sizes=QUICK_SIZES)
     # Siblings of the chain cost verify width: worth it only where width is nearly free.
     tree = ctx.tree and target.cost(config.tree_probe_size) <= config.tree_cost_ratio * target.cost(1)
-    length = CostAwareLength(target.cost, draft.cost(1), config=config)
+    length = CostAwareLength(target.cost, draft.cost(1), config=config, relatives=_relatives(ctx))
     model = ModelDrafter(ctx.draft, ctx.params, tree=tree, length=length, rng=ctx.own_rng(), config=config)
     batch = config.prefill_batch
     return AutoDrafter(lookup, model, target.cost, draft_prefill_ms=draft.cost(batch) / batch, config=config)

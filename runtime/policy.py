@@ -21,7 +21,7 @@ live, side by side with the k + 0.3 stop it replaced, by 2-6%.
 from __future__ import annotations
 
 from bisect import bisect_right
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Protocol, Sequence
 
 from .policy_config import DEFAULT, PolicyConfig
@@ -165,6 +165,14 @@ class DraftLength:
             self.k = max(self.k - 1, self.k_min)
 
 
+@dataclass
+class CostRelatives:
+    """How each kind of pass runs against the machine's level (live over profiled cost, over the
+    level), and how often each was timed: a machine's trait, kept across generations."""
+    relative: dict[str, float] = field(default_factory=lambda: {"single": 1.0, "wide": 1.0, "draft": 1.0})
+    timed: dict[str, int] = field(default_factory=dict)
+
+
 class CostAwareLength:
     """Pick k to maximize expected tokens per millisecond.
 
@@ -173,33 +181,41 @@ class CostAwareLength:
 
     def __init__(self, verify_ms: Callable[[int], float], draft_ms: float, k_max: int | None = None,
                  prior: float | None = None, decay: float | None = None, probe_every: int | None = None,
-                 cost_decay: float | None = None, config: PolicyConfig = DEFAULT):
+                 cost_decay: float | None = None, config: PolicyConfig = DEFAULT,
+                 relatives: CostRelatives | None = None):
         """prior: per-token acceptance before any evidence, worth `config.prior_trials` trials.
         probe_every: passes without drafting before a probe; each probe that is rejected doubles
         the wait (up to `config.length_probe_max`): a probe pays the draft's catch-up over every
         token it missed. k_max, prior, decay, probe_every, cost_decay: this policy's own values
         (None: the config's length_k_max, draft_prior, acceptance_decay, length_probe_every,
-        cost_decay)."""
+        cost_decay). relatives: how each kind of pass runs against the machine's level, shared
+        with earlier generations on the same models (what they learned of this machine)."""
         self.config = config
         self.profile_ms = verify_ms
-        self.draft_ms = draft_ms
+        self.draft_profile_ms = draft_ms
         self.k_max = config.length_k_max if k_max is None else k_max
         self.decay = config.acceptance_decay if decay is None else decay
         self.trials = config.prior_trials  # pseudo-counts of the prior
         self.successes = (config.draft_prior if prior is None else prior) * config.prior_trials
         self.probe_every = self.probe_gap = config.length_probe_every if probe_every is None else probe_every
         self.idle = 0
-        # Live costs: a shared CPU runs faster or slower than when the profile was taken, and
-        # draft and target do not slow down alike. The profile gives the curve's shape; passes
-        # timed during generation set its level and the draft step's cost.
+        # Live costs: a shared CPU runs faster or slower than when the profile was taken (here, a
+        # neighbour's load swung pass times 1.5x within a reply). The profile gives each cost's
+        # shape; every timed pass sets one machine level (its time over the profile's); each kind
+        # of pass keeps how it runs against that level, learned more slowly. A kind not timed for
+        # a while moves with the level: the draft before it enters, or wide passes during plain
+        # runs. Priced on the profile alone where untimed, a spell at 1.4x the profile's target
+        # times made the draft's entry look 1.4x cheaper than it was (replays of the held-out
+        # traces under it: edits 1.14x -> 0.97x the best single mode).
         self.cost_decay = config.cost_decay if cost_decay is None else cost_decay
-        self.verify_scale = 1.0
+        self.level: float | None = None  # (set by the first timed pass: the profile's until then)
         # A one-token pass is memory-bound where wider ones are compute-bound, so the two move
         # apart under conditions the profile did not see: on 2 MB pages (chat, serve, bench) a
         # 1.5B pass over 1 token took 29-38 ms against 41-43 ms on 4 KB pages, over 4 tokens
         # 60-71 against 62-69. Priced on one level, drafts that lost to plain passes were
-        # taken. So one-token passes set their own level, once one is timed.
-        self.single_scale: float | None = None
+        # taken. So one-token passes, wider ones and draft steps each keep their own relative.
+        self.relatives = CostRelatives() if relatives is None else relatives
+        self.relative, self.timed = self.relatives.relative, self.relatives.timed
         # What a token the draft gives probability p is worth: a same-family draft's p is close
         # to the target's acceptance, and the buckets learn where it is not.
         self.calibration = Calibration.identity(config.draft_confidence_edges, self.trials, self.decay)
@@ -209,10 +225,28 @@ class CostAwareLength:
     def acceptance(self) -> float:
         return self.successes / self.trials
 
+    @property
+    def draft_scale(self) -> float:
+        """Live over profiled cost of the draft's passes."""
+        return (self.level or 1.0) * self.relative["draft"]
+
+    @property
+    def single_scale(self) -> float:
+        """Live over profiled cost of a one-token target pass."""
+        return (self.level or 1.0) * self.relative["single"]
+
+    @property
+    def verify_scale(self) -> float:
+        """Live over profiled cost of a target pass over several tokens."""
+        return (self.level or 1.0) * self.relative["wide"]
+
+    @property
+    def draft_ms(self) -> float:
+        """One draft step, live."""
+        return self.draft_scale * self.draft_profile_ms
+
     def verify_ms(self, s: int) -> float:
-        if s == 1 and self.single_scale is not None:
-            return self.single_scale * self.profile_ms(1)
-        return self.verify_scale * self.profile_ms(s)
+        return (self.single_scale if s == 1 else self.verify_scale) * self.profile_ms(s)
 
     def rate(self, k: int, extra_ms: float = 0.0, acceptance: float | None = None) -> float:
         """Expected tokens per ms with k drafted tokens (and `extra_ms` more work per pass), at the
@@ -278,16 +312,25 @@ class CostAwareLength:
 
     def observe_costs(self, draft_ms_per_step: float | None, verify_ms: float, size: int) -> None:
         """Fold in one pass's measured costs (draft step, if any drafted, and a verify over size)."""
-        a = self.cost_decay
+        self._observe_cost("single" if size == 1 else "wide", verify_ms / self.profile_ms(size))
         if draft_ms_per_step is not None:
-            self.draft_ms = a * self.draft_ms + (1 - a) * draft_ms_per_step
-        scale = verify_ms / self.profile_ms(size)
-        if size == 1:
-            level = self.verify_scale if self.single_scale is None else self.single_scale
-            self.single_scale = a * level + (1 - a) * scale
-        else:
-            self.verify_scale = a * self.verify_scale + (1 - a) * scale
+            self._observe_cost("draft", draft_ms_per_step / self.draft_profile_ms)
         self._choose_k()  # (keeps a due probe: a pass's costs come after its update)
+
+    def _observe_cost(self, kind: str, scale: float) -> None:
+        """A pass of `kind` ran at `scale` times its profiled cost. The level follows it as that
+        kind runs against the level (the first timed pass sets it); the kind's relative is the
+        mean of its first few timings against the level (one is noisy), then moves slowly (a
+        slowdown seen on one kind is mostly the machine's)."""
+        rel, n = self.relative, self.timed
+        if self.level is None:
+            self.level = scale / rel[kind]
+        n[kind] = n.get(kind, 0) + 1
+        if n[kind] > 1:
+            self.level = self.cost_decay * self.level + (1 - self.cost_decay) * scale / rel[kind]
+        first = self.config.cost_relative_first
+        weight = 1.0 / n[kind] if n[kind] <= first else 1.0 - self.config.cost_relative_decay
+        rel[kind] += weight * (scale / self.level - rel[kind])
 
     def update(self, accepted: int, proposed_depth: int, confidences: Sequence[float] = ()) -> None:
         self.calibration.observe_path(confidences, accepted)

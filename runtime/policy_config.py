@@ -36,6 +36,10 @@ class PolicyConfig:
     length_probe_max: int = 64
     # weight of the running level when a timed pass updates the live costs; set with live costs (bbbd452)
     cost_decay: float = 0.8
+    # timings of a kind of pass (one-token, wide, draft step) averaged into how it runs against the level (this change)
+    cost_relative_first: int = 3
+    # then its slow running mean; held-out replays, machine 1.4x slower than profiled: edits 0.97 -> 1.14x best (this change)
+    cost_relative_decay: float = 0.98
 
     # -- without a profile: HF assisted generation's +1/-1 schedule (policy.DraftLength) --
     # first chain length; set with the package (3984bf9)

@@ -49,11 +49,42 @@ def test_one_token_passes_keep_their_own_level():
     assert policy.k == 1  # 1.65 tokens in 10.7 + 45.2 ms beat one in 39.1 ms
     for _ in range(10):
         policy.observe_costs(10.7, 45.2, size=2)  # wider passes as profiled
-    assert policy.k == 1 and policy.single_scale is None
+    assert policy.k == 1 and "single" not in policy.timed
     for _ in range(10):
         policy.observe_costs(None, 33.0, size=1)  # plain passes 16% faster than profiled
     assert abs(policy.verify_ms(1) - 33.0) < 0.1 and abs(policy.verify_ms(2) - 45.2) < 0.1
     assert policy.k == 0
+
+
+def test_untimed_costs_move_with_the_machine():
+    """A neighbour's load slows every pass alike: kinds of pass not timed meanwhile (the draft
+    sitting out, wide passes during plain runs) are priced at the new level, each as it ran
+    against the level when last timed; a uniform slowdown leaves the choice of k as it was."""
+    policy = CostAwareLength(verify_ms=_cpu_verify, draft_ms=10.0, prior=0.85)
+    for _ in range(5):
+        policy.observe_costs(8.0, _cpu_verify(3), size=3)  # the draft 20% faster than profiled
+        policy.observe_costs(None, _cpu_verify(1), size=1)
+    k = policy.k
+    for _ in range(20):
+        policy.observe_costs(None, 1.5 * _cpu_verify(1), size=1)  # then plain passes, 1.5x slower
+    assert abs(policy.verify_ms(1) - 1.5 * _cpu_verify(1)) < 0.01 * _cpu_verify(1)
+    # (the one-token relative takes up a little of it: one kind alone cannot tell the machine from itself)
+    assert 1.4 * _cpu_verify(4) < policy.verify_ms(4) < 1.5 * _cpu_verify(4)
+    assert 1.4 * 8.0 < policy.draft_ms < 1.5 * 8.0
+    assert policy.k == k
+
+
+def test_cost_relatives_outlive_a_generation():
+    """What one generation learned of how the draft runs against the target is where the next
+    one starts (before its draft is timed), not the profile's ratio."""
+    first = CostAwareLength(verify_ms=_cpu_verify, draft_ms=10.0, prior=0.85)
+    for _ in range(5):
+        first.observe_costs(6.0, 1.2 * _cpu_verify(2), size=2)
+    second = CostAwareLength(verify_ms=_cpu_verify, draft_ms=10.0, prior=0.85, relatives=first.relatives)
+    fresh = CostAwareLength(verify_ms=_cpu_verify, draft_ms=10.0, prior=0.85)
+    second.observe_costs(None, 1.2 * _cpu_verify(2), size=2)
+    fresh.observe_costs(None, 1.2 * _cpu_verify(2), size=2)
+    assert abs(second.draft_ms - 6.0) < 0.01 and abs(fresh.draft_ms - 12.0) < 0.01
 
 
 def test_low_acceptance_shrinks_then_probes():
