@@ -63,23 +63,27 @@ def profile_path(session) -> Path:
 
 
 def measure(session, sizes=SIZES, context: int = 128, repeats: int = 5, progress=None) -> Profile:
-    """Median time of one pass over s tokens after `context` cached tokens, for each s."""
+    """Median time of one pass over s tokens after `context` cached tokens, for each s.
+
+    Sizes take turns, one pass each per round: policies price drafts by the curve's shape (the
+    live level sets the rest), and on a shared CPU whose speed drifts over seconds, sizes
+    measured one after another would each be timed at another speed."""
     rng = np.random.default_rng(0)
     vocab = session.vocab_size
     session.reset()
     session.prefill(rng.integers(0, vocab, context).tolist())
-    result = {}
-    for s in sizes:
-        if context + s > session.max_len:
-            break
-        times = []
-        for _ in range(repeats + 1):  # first run warms up
+    sizes = [s for s in sizes if context + s <= session.max_len]
+    times: dict[int, list[float]] = {s: [] for s in sizes}
+    for _ in range(repeats + 1):  # the first round warms up
+        for s in sizes:
             tokens = rng.integers(0, vocab, s).tolist()
             t0 = time.perf_counter()
             session.forward(tokens)
-            times.append((time.perf_counter() - t0) * 1000)
+            times[s].append((time.perf_counter() - t0) * 1000)
             session.cache.rewind(s)
-        result[s] = float(np.median(times[1:]))
+    result = {}
+    for s in sizes:
+        result[s] = float(np.median(times[s][1:]))
         if progress:
             progress(s, result[s])
     session.reset()

@@ -10,7 +10,8 @@ prices its candidates in one currency and verifies the best:
 - the draft model's chain, before it is drafted: its length policy's expected
   tokens at the running acceptance, for its draft steps, the target pass, and
   the tokens the draft must read first (a catch-up, or on a (re)start its
-  prompt window), spread over the passes it is expected to draft;
+  prompt window), spread over the passes it is expected to draft (those
+  lookup, at its recent share of the reply, is expected to leave it);
 - once the model has drafted, its chain with lookup's proposal merged in, each
   node at its own calibrated chance (the model's by the draft's probability).
 
@@ -65,6 +66,7 @@ class AutoDrafter:
         self._model_nodes = 0  # the model's part of it: nodes 1.. of the merged tree
         self.misses = 0  # passes in a row in which lookup delivered no token
         self._confidence = [0.0, 0.0]  # decayed sum of the target's top-1 probabilities, weight
+        self._copied = [0.0, 0.0]  # decayed sum of emitted tokens lookup proposed, of all emitted
         self.end: int | None = None  # context length where this generation stops (max_tokens)
         self.prompt_len: int | None = None  # context tokens that are the prompt
         self.to_copy = 0  # prompt tokens after the source of the last long copy
@@ -93,6 +95,12 @@ class AutoDrafter:
         total, weight = self._confidence
         return total / weight if weight else None
 
+    @property
+    def lookup_share(self) -> float:
+        """The share of recent emitted tokens that lookup proposed: passes it would take from the model."""
+        copied, emitted = self._copied
+        return copied / emitted if emitted else 0.0
+
     def model_rate(self, context) -> tuple[float, bool]:
         """Expected tokens per ms if the model drafts this pass (0: it may not), and whether it
         must: a following draft whose length policy probes (not drafting gives no evidence)."""
@@ -108,13 +116,15 @@ class AutoDrafter:
     def _entry_rate(self, context) -> float:
         """The model's rate at the acceptance calibrated for the target's recent confidence,
         its (re)start's prefill spread over the passes it is expected to draft: until max_tokens
-        or `auto_payback_tokens`, less what lookup is expected to copy of an edit's source."""
+        or `auto_payback_tokens`, less what lookup is expected to copy of an edit's source, at
+        the share of the reply lookup has lately proposed (those passes go to lookup: told the
+        draft cost 15% less than it did, replays entered edits and lost 12-17%)."""
         length, confidence = self.model.length, self.target_confidence
         a = length.acceptance if confidence is None else self.entry_calibration(confidence)
         k = max(range(length.k_max + 1), key=lambda k: length.rate(k, acceptance=a))
         left = self.config.auto_payback_tokens if self.end is None else self.end - len(context)
         horizon = min(self.config.auto_payback_tokens, left - self.to_copy)
-        passes = horizon / expected_tokens(a, k)
+        passes = horizon * (1.0 - self.lookup_share) / expected_tokens(a, k)
         if k == 0 or passes <= 0:
             return 0.0
         entry_ms = self.model.entry_tokens(context) * self.prefill_ms()
@@ -214,6 +224,8 @@ class AutoDrafter:
         modelled = member is not None and member is self.model
         delivered = self._observe_lookup(self._proposal, verdict) if self._proposal is not None else 0
         self.misses = 0 if delivered else self.misses + 1
+        decay = self.config.auto_confidence_decay
+        self._copied = [decay * self._copied[0] + delivered, decay * self._copied[1] + len(verdict.tokens)]
         if modelled:
             own = self._model_report(report)
             if self.target_confidence is not None:  # (the evidence an entry is priced on)
@@ -281,5 +293,6 @@ class AutoDrafter:
     def reset(self):
         self.lookup.reset()
         self._confidence = [0.0, 0.0]
+        self._copied = [0.0, 0.0]
         if self.model is not None:
             self.model.reset()

@@ -36,9 +36,9 @@ class PolicyConfig:
     length_probe_max: int = 64
     # weight of the running level when a timed pass updates the live costs; set with live costs (bbbd452)
     cost_decay: float = 0.8
-    # timings of a kind of pass (one-token, wide, draft step) averaged into how it runs against the level (this change)
+    # timings of a kind of pass (one-token, wide, draft step) averaged into how it runs against the level (195068c)
     cost_relative_first: int = 3
-    # then its slow running mean; held-out replays, machine 1.4x slower than profiled: edits 0.97 -> 1.14x best (this change)
+    # then its slow running mean; held-out replays, machine 1.4x slower than profiled: edits 0.97 -> 1.14x best (195068c)
     cost_relative_decay: float = 0.98
 
     # -- without a profile: HF assisted generation's +1/-1 schedule (policy.DraftLength) --
@@ -104,7 +104,7 @@ class PolicyConfig:
     auto_payback_tokens: int = 96
     # rule: an entry's prefill is priced this many times over; held-out replay, edits 1.04 -> 1.14x best at 1 -> 1.5
     auto_entry_margin: float = 1.5
-    # target confidence as a mean over ~30 emitted tokens: 0.87-0.93 completing, 0.75-0.77 explaining (b01fec8)
+    # target confidence, lookup's share, as means over ~30 emitted tokens: 0.87-0.93 completing, 0.75-0.77 explaining (b01fec8)
     auto_confidence_decay: float = 0.97
     # emitted tokens whose confidence is scored per pass: each row costs ~0.2 ms at 152k tokens (b01fec8)
     auto_confidence_rows: int = 4

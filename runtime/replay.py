@@ -231,10 +231,12 @@ def has_draft(trace: dict) -> bool:
 # --------------------------------------------------------------------------- the replay
 
 def replay(trace: dict, drafter: str, config: PolicyConfig = DEFAULT, length: str = "cost",
-           costs: Costs | None = None) -> Replay:
+           costs: Costs | None = None, profiles: Costs | None = None) -> Replay:
     """Decode the trace's reply again with `drafter` (a REPLAYERS name) under `config`.
     length: the draft model's length policy, "cost" (priced from the costs, as with device
-    profiles) or "heuristic" (as without). costs: the trace's own unless given."""
+    profiles) or "heuristic" (as without). costs: what passes cost, the trace's own unless
+    given; profiles: what the drafter is told they cost before it times any (`costs` unless
+    given: a profile that is off, as a shared machine's often is)."""
     if drafter not in REPLAYERS:
         raise InputError(f"cannot replay drafter '{drafter}'; choose from {', '.join(REPLAYERS)}")
     if length not in LENGTHS:
@@ -253,7 +255,7 @@ def replay(trace: dict, drafter: str, config: PolicyConfig = DEFAULT, length: st
                               recorded["max_len"], trace["vocab_size"], costs)
     # auto reads the target's top-1 probability only: fillers need only stay below it
     target = RecordedRows(trace["target_top"]["ids"], trace["target_top"]["probs"], trace["vocab_size"], ranked=False)
-    policy = spec.factory(draft, costs, config, length)
+    policy = spec.factory(draft, profiles or costs, config, length)
     if policy is not None:
         policy.start(len(prompt), trace["end"])
     result = Replay(drafter, len(output) - 1, 0.0)

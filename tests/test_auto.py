@@ -1,4 +1,4 @@
-"""Auto's decisions on recorded replies: three traces of the 1.5B target with the 0.5B draft
+"""Auto's decisions on recorded replies: four traces of the 1.5B target with the 0.5B draft
 (tests/data/traces, code.json's tuning prompts, recorded by `edgespec bench --trace` on a 2-core
 AMD EPYC, whose device profiles they carry) replayed offline pass by pass."""
 
@@ -44,6 +44,19 @@ def test_an_edit_is_copied_by_lookup_and_the_model_stays_out(traces):
     assert r.policy.to_copy > 0
     loose = replay(trace, "auto", replace(DEFAULT, auto_entry_misses=0, auto_entry_margin=0.5))
     assert loose.choices["model"] > 0 and loose.tok_s < 0.95 * r.tok_s
+
+
+def test_an_edit_keeps_the_model_out_when_the_draft_looks_cheaper_than_it_is(traces):
+    """A profile taken on a shared CPU is often 15% off. Told the draft costs 15% less than it
+    does, auto still keeps the model out of an edit: lookup takes the passes where it copies,
+    so the model's prefill could pay back only over the rest (lookup_share), not the reply."""
+    trace = traces["edit-logging"]
+    costs = Costs.of(trace)
+    cheap = Costs(costs.target, Profile("draft", "cpu", 2, 128, {s: 0.85 * ms for s, ms in costs.draft.pass_ms.items()}),
+                  0.85 * costs.draft_prefill_ms, costs.overhead_ms)
+    told = replay(trace, "auto", profiles=cheap)
+    assert told.choices["model"] == 0
+    assert told.tok_s >= 0.99 * replay(trace, "auto").tok_s
 
 
 def test_the_entry_margin_keeps_an_unsure_draft_out_of_an_explanation(traces):

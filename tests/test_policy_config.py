@@ -111,7 +111,7 @@ def _passes_until_the_model_drafts(config: PolicyConfig) -> list[str]:
     while "model" not in kinds and len(kinds) < 10:
         tree = auto.propose(context, 8)
         kinds.append(auto.chosen[1] if auto.chosen else "none")
-        auto.observe(PassReport(SimpleNamespace(num_accepted=0), tree, None, 0.0, _verify_ms(len(tree))))
+        auto.observe(PassReport(SimpleNamespace(num_accepted=0, tokens=[0]), tree, None, 0.0, _verify_ms(len(tree))))
     return kinds
 
 
