@@ -83,7 +83,7 @@ class AutoDrafter:
 
     def prefill_ms(self) -> float:
         """The draft's cost per token fed in a batch: its profile's, at the level its length policy keeps."""
-        return self.draft_prefill_ms * self.model.length.draft_scale
+        return self.draft_prefill_ms * self.model.length.scale("draft")
 
     def lookup_accept(self) -> list[float]:
         """Per node of lookup's last proposal: its calibrated chance, given its parent."""

@@ -215,7 +215,6 @@ class CostAwareLength:
         # 60-71 against 62-69. Priced on one level, drafts that lost to plain passes were
         # taken. So one-token passes, wider ones and draft steps each keep their own relative.
         self.relatives = CostRelatives() if relatives is None else relatives
-        self.relative, self.timed = self.relatives.relative, self.relatives.timed
         # What a token the draft gives probability p is worth: a same-family draft's p is close
         # to the target's acceptance, and the buckets learn where it is not.
         self.calibration = Calibration.identity(config.draft_confidence_edges, self.trials, self.decay)
@@ -225,28 +224,18 @@ class CostAwareLength:
     def acceptance(self) -> float:
         return self.successes / self.trials
 
-    @property
-    def draft_scale(self) -> float:
-        """Live over profiled cost of the draft's passes."""
-        return (self.level or 1.0) * self.relative["draft"]
-
-    @property
-    def single_scale(self) -> float:
-        """Live over profiled cost of a one-token target pass."""
-        return (self.level or 1.0) * self.relative["single"]
-
-    @property
-    def verify_scale(self) -> float:
-        """Live over profiled cost of a target pass over several tokens."""
-        return (self.level or 1.0) * self.relative["wide"]
+    def scale(self, kind: str) -> float:
+        """Live over profiled cost of a kind of pass: "single" (a one-token target pass), "wide"
+        (a target pass over several), "draft" (the draft's)."""
+        return (self.level or 1.0) * self.relatives.relative[kind]
 
     @property
     def draft_ms(self) -> float:
         """One draft step, live."""
-        return self.draft_scale * self.draft_profile_ms
+        return self.scale("draft") * self.draft_profile_ms
 
     def verify_ms(self, s: int) -> float:
-        return (self.single_scale if s == 1 else self.verify_scale) * self.profile_ms(s)
+        return self.scale("single" if s == 1 else "wide") * self.profile_ms(s)
 
     def rate(self, k: int, extra_ms: float = 0.0, acceptance: float | None = None) -> float:
         """Expected tokens per ms with k drafted tokens (and `extra_ms` more work per pass), at the
@@ -322,7 +311,7 @@ class CostAwareLength:
         kind runs against the level (the first timed pass sets it); the kind's relative is the
         mean of its first few timings against the level (one is noisy), then moves slowly (a
         slowdown seen on one kind is mostly the machine's)."""
-        rel, n = self.relative, self.timed
+        rel, n = self.relatives.relative, self.relatives.timed
         if self.level is None:
             self.level = scale / rel[kind]
         n[kind] = n.get(kind, 0) + 1

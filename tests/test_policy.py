@@ -34,7 +34,7 @@ def test_live_costs_set_the_curve_level():
     k_slow_draft = policy.k
     for _ in range(30):
         policy.observe_costs(draft_ms_per_step=6.0, verify_ms=2 * _cpu_verify(4), size=4)
-    assert abs(policy.verify_scale - 2.0) < 0.01 and abs(policy.draft_ms - 6.0) < 0.1
+    assert abs(policy.scale("wide") - 2.0) < 0.01 and abs(policy.draft_ms - 6.0) < 0.1
     assert abs(policy.verify_ms(8) - 2 * _cpu_verify(8)) < 0.5
     assert policy.k > k_slow_draft
 
@@ -49,7 +49,7 @@ def test_one_token_passes_keep_their_own_level():
     assert policy.k == 1  # 1.65 tokens in 10.7 + 45.2 ms beat one in 39.1 ms
     for _ in range(10):
         policy.observe_costs(10.7, 45.2, size=2)  # wider passes as profiled
-    assert policy.k == 1 and "single" not in policy.timed
+    assert policy.k == 1 and "single" not in policy.relatives.timed
     for _ in range(10):
         policy.observe_costs(None, 33.0, size=1)  # plain passes 16% faster than profiled
     assert abs(policy.verify_ms(1) - 33.0) < 0.1 and abs(policy.verify_ms(2) - 45.2) < 0.1
