@@ -533,11 +533,14 @@ def run_suite(target: str | Path, draft: str | Path | None = None, modes: Sequen
         for p, (ids, followup) in zip(prompts, encoded):
             row = {"id": p["id"], "category": p["category"], "prompt_tokens": len(ids), "modes": {}}
             # Round-robin: every round runs each mode once, so a slow spell of a shared machine
-            # (seen here: 20% swings over a minute) lands on all modes alike, not on one.
+            # (seen here: 20% swings over a minute) lands on all modes alike, not on one. Each
+            # round starts one mode later, so over as many rounds as modes each mode has run in
+            # every place: a swing with a period near a round's (here +-17% over ~20 s, against
+            # ~10 s trials) favours no mode for its place in the order.
             trials: dict[str, list] = {m: [] for m in runners}
             reused: list[tuple[Trial, Trial]] = []
             for round_ in range(warmup + repeats):
-                for m, runner in runners.items():
+                for m, runner in _rotated(list(runners.items()), round_):
                     bar.set_postfix_str(f"{p['id']} {m}")
                     trial = runner.run(ids, max_tokens)
                     if round_ >= warmup:
@@ -810,6 +813,12 @@ def _categories(rows: list[dict], modes: list[str]) -> dict:
                 "split": {k: median(r["split"][k] for r in rs) for k in ("draft", "verify", "overhead")},
             }
     return out
+
+
+def _rotated(items: list, by: int) -> list:
+    """`items` started `by` places later (wrapping round)."""
+    by %= len(items)
+    return items[by:] + items[:by]
 
 
 def _meta(target: Path, draft: Path | None, modes, threads, max_tokens, repeats, warmup) -> dict:

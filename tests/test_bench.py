@@ -306,6 +306,19 @@ def long_result(long_target) -> dict:
                      max_tokens=8, repeats=1, warmup=0, threads=1, progress=False)
 
 
+def test_each_mode_runs_in_every_place_of_the_round():
+    """Each round starts one mode later: over as many rounds as modes, every mode has run first,
+    second, ... once, so a machine's swing in step with the round favours none by its place."""
+    from edgespec.apps.bench import _rotated
+
+    modes = ["plain", "chain", "tree", "ngram", "auto"]
+    orders = [_rotated(modes, r) for r in range(len(modes))]
+    assert orders[1] == ["chain", "tree", "ngram", "auto", "plain"]
+    for place in range(len(modes)):
+        assert sorted(order[place] for order in orders) == sorted(modes)
+    assert _rotated(modes, len(modes) + 2) == orders[2]
+
+
 def test_long_suite_holds_files_with_instructions_of_1000_to_3500_tokens():
     """Real files (stdlib modules, under their NOTICE) with edit, explain and test-writing
     instructions; each stored Qwen token count is of the text the suite builds now (its character

@@ -117,7 +117,7 @@ def test_one_early_rejection_does_not_stop_the_draft():
 def test_rejected_probes_wait_longer():
     """Each rejected probe doubles the wait for the next (a probe pays the draft's catch-up);
     an accepted one brings back the short wait."""
-    policy = CostAwareLength(verify_ms=_cpu_verify, draft_ms=10.5, prior=0.2)
+    policy = CostAwareLength(verify_ms=_cpu_verify, draft_ms=10.5, prior=0.2, probe_every=16)
     assert policy.k == 0
 
     def passes_to_probe():
