@@ -20,6 +20,7 @@ live, side by side with the k + 0.3 stop it replaced, by 2-6%.
 
 from __future__ import annotations
 
+import statistics
 from bisect import bisect_right
 from dataclasses import dataclass, field
 from typing import Callable, Protocol, Sequence
@@ -167,10 +168,16 @@ class DraftLength:
 
 @dataclass
 class CostRelatives:
-    """How each kind of pass runs against the machine's level (live over profiled cost, over the
-    level), and how often each was timed: a machine's trait, kept across generations."""
+    """How each kind of pass runs against the machine's level, and how often each was timed: a
+    machine's trait, kept across generations. The level is how the first kind of pass timed
+    (the anchor) runs against its profile; the anchor's relative stays 1. Were every relative
+    free, they could drift together against the level: one slow first pass set a high level
+    and every timed kind's relative low to match, leaving a kind not yet timed (the draft,
+    before it enters) priced at the inflated level, so auto never entered the draft live."""
     relative: dict[str, float] = field(default_factory=lambda: {"single": 1.0, "wide": 1.0, "draft": 1.0})
     timed: dict[str, int] = field(default_factory=dict)
+    first: dict[str, list[float]] = field(default_factory=dict)  # a kind's first timings against the level
+    anchor: str | None = None
 
 
 class CostAwareLength:
@@ -208,7 +215,8 @@ class CostAwareLength:
         # times made the draft's entry look 1.4x cheaper than it was (replays of the held-out
         # traces under it: edits 1.14x -> 0.97x the best single mode).
         self.cost_decay = config.cost_decay if cost_decay is None else cost_decay
-        self.level: float | None = None  # (set by the first timed pass: the profile's until then)
+        self.level: float | None = None  # (set by the first timed passes: the profile's until then)
+        self._first: list[float] = []  # the first timed passes' levels, whose median sets it
         # A one-token pass is memory-bound where wider ones are compute-bound, so the two move
         # apart under conditions the profile did not see: on 2 MB pages (chat, serve, bench) a
         # 1.5B pass over 1 token took 29-38 ms against 41-43 ms on 4 KB pages, over 4 tokens
@@ -307,19 +315,27 @@ class CostAwareLength:
         self._choose_k()  # (keeps a due probe: a pass's costs come after its update)
 
     def _observe_cost(self, kind: str, scale: float) -> None:
-        """A pass of `kind` ran at `scale` times its profiled cost. The level follows it as that
-        kind runs against the level (the first timed pass sets it); the kind's relative is the
-        mean of its first few timings against the level (one is noisy), then moves slowly (a
-        slowdown seen on one kind is mostly the machine's)."""
-        rel, n = self.relatives.relative, self.relatives.timed
-        if self.level is None:
-            self.level = scale / rel[kind]
-        n[kind] = n.get(kind, 0) + 1
-        if n[kind] > 1:
-            self.level = self.cost_decay * self.level + (1 - self.cost_decay) * scale / rel[kind]
+        """A pass of `kind` ran at `scale` times its profiled cost. A kind's relative (but the
+        anchor's) is the median of its first few timings against the level, then moves slowly
+        (a slowdown seen on one kind is mostly the machine's); until then its timings do not
+        move the level. The level is the median of the first few timings that may move it (a
+        process's first pass ran 3.6x the profile here, the next ones 1.1x), then follows each."""
+        known, rel, timed = self.relatives, self.relatives.relative, self.relatives.timed
         first = self.config.cost_relative_first
-        weight = 1.0 / n[kind] if n[kind] <= first else 1.0 - self.config.cost_relative_decay
-        rel[kind] += weight * (scale / self.level - rel[kind])
+        known.anchor = known.anchor or kind
+        timed[kind] = timed.get(kind, 0) + 1
+        if kind != known.anchor and timed[kind] <= first:
+            seen = known.first.setdefault(kind, [])
+            seen.append(scale / (self.level or 1.0))
+            rel[kind] = statistics.median(seen)
+            return
+        if len(self._first) < first:
+            self._first.append(scale / rel[kind])
+            self.level = statistics.median(self._first)
+        else:
+            self.level = self.cost_decay * self.level + (1 - self.cost_decay) * scale / rel[kind]
+        if kind != known.anchor:
+            rel[kind] += (1 - self.config.cost_relative_decay) * (scale / self.level - rel[kind])
 
     def update(self, accepted: int, proposed_depth: int, confidences: Sequence[float] = ()) -> None:
         self.calibration.observe_path(confidences, accepted)

@@ -36,7 +36,7 @@ class PolicyConfig:
     length_probe_max: int = 64
     # weight of the running level when a timed pass updates the live costs; set with live costs (bbbd452)
     cost_decay: float = 0.8
-    # timings of a kind of pass (one-token, wide, draft step) averaged into how it runs against the level (195068c)
+    # first timings whose median sets the level, and each kind's relative to it (a cold first pass ran 3.6x the profile)
     cost_relative_first: int = 3
     # then its slow running mean; held-out replays, machine 1.4x slower than profiled: edits 0.97 -> 1.14x best (195068c)
     cost_relative_decay: float = 0.98

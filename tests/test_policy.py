@@ -74,6 +74,19 @@ def test_untimed_costs_move_with_the_machine():
     assert policy.k == k
 
 
+def test_a_cold_first_pass_leaves_the_draft_priced_at_the_machine():
+    """A process's first pass ran 3.6x its profile, the next ones as profiled: the level is the
+    median of the first timings, so the draft, not yet timed, is priced at about its profile
+    (set by that one pass, with the one-token pass's relative dragged down to match, it was
+    priced 1.6-2.8x over and auto never entered it live)."""
+    policy = CostAwareLength(verify_ms=_cpu_verify, draft_ms=10.0, prior=0.85)
+    policy.observe_costs(None, 3.6 * _cpu_verify(1), size=1)
+    for _ in range(4):
+        policy.observe_costs(None, _cpu_verify(1), size=1)
+    assert abs(policy.draft_ms - 10.0) < 0.5 and abs(policy.verify_ms(1) - _cpu_verify(1)) < 0.05 * _cpu_verify(1)
+    assert policy.relatives.relative == {"single": 1.0, "wide": 1.0, "draft": 1.0}
+
+
 def test_cost_relatives_outlive_a_generation():
     """What one generation learned of how the draft runs against the target is where the next
     one starts (before its draft is timed), not the profile's ratio."""
