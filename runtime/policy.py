@@ -176,7 +176,7 @@ class CostRelatives:
     before it enters) priced at the inflated level, so auto never entered the draft live."""
     relative: dict[str, float] = field(default_factory=lambda: {"single": 1.0, "wide": 1.0, "draft": 1.0})
     timed: dict[str, int] = field(default_factory=dict)
-    first: dict[str, list[float]] = field(default_factory=dict)  # a kind's first timings against the level
+    first_timings: dict[str, list[float]] = field(default_factory=dict)  # a kind's first ones, against the level
     anchor: str | None = None
 
 
@@ -208,7 +208,7 @@ class CostAwareLength:
         self.idle = 0
         # Live costs: a shared CPU runs faster or slower than when the profile was taken (here, a
         # neighbour's load swung pass times 1.5x within a reply). The profile gives each cost's
-        # shape; every timed pass sets one machine level (its time over the profile's); each kind
+        # shape; timed passes set one machine level (their time over the profile's); each kind
         # of pass keeps how it runs against that level, learned more slowly. A kind not timed for
         # a while moves with the level: the draft before it enters, or wide passes during plain
         # runs. Priced on the profile alone where untimed, a spell at 1.4x the profile's target
@@ -216,7 +216,7 @@ class CostAwareLength:
         # traces under it: edits 1.14x -> 0.97x the best single mode).
         self.cost_decay = config.cost_decay if cost_decay is None else cost_decay
         self.level: float | None = None  # (set by the first timed passes: the profile's until then)
-        self._first: list[float] = []  # the first timed passes' levels, whose median sets it
+        self._level_timings: list[float] = []  # the first timed passes' levels, whose median sets it
         # A one-token pass is memory-bound where wider ones are compute-bound, so the two move
         # apart under conditions the profile did not see: on 2 MB pages (chat, serve, bench) a
         # 1.5B pass over 1 token took 29-38 ms against 41-43 ms on 4 KB pages, over 4 tokens
@@ -325,13 +325,13 @@ class CostAwareLength:
         known.anchor = known.anchor or kind
         timed[kind] = timed.get(kind, 0) + 1
         if kind != known.anchor and timed[kind] <= first:
-            seen = known.first.setdefault(kind, [])
+            seen = known.first_timings.setdefault(kind, [])
             seen.append(scale / (self.level or 1.0))
             rel[kind] = statistics.median(seen)
             return
-        if len(self._first) < first:
-            self._first.append(scale / rel[kind])
-            self.level = statistics.median(self._first)
+        if len(self._level_timings) < first:
+            self._level_timings.append(scale / rel[kind])
+            self.level = statistics.median(self._level_timings)
         else:
             self.level = self.cost_decay * self.level + (1 - self.cost_decay) * scale / rel[kind]
         if kind != known.anchor:
