@@ -173,11 +173,17 @@ class CostRelatives:
     (the anchor) runs against its profile; the anchor's relative stays 1. Were every relative
     free, they could drift together against the level: one slow first pass set a high level
     and every timed kind's relative low to match, leaving a kind not yet timed (the draft,
-    before it enters) priced at the inflated level, so auto never entered the draft live."""
+    before it enters) priced at the inflated level, so auto never entered the draft live.
+    A relative is learned only from pairs: a kind's timing against another kind's in the same
+    pass or the one before (the machine drifts over seconds; a pass apart it is the same machine)."""
     relative: dict[str, float] = field(default_factory=lambda: {"single": 1.0, "wide": 1.0, "draft": 1.0})
     timed: dict[str, int] = field(default_factory=dict)
-    first_timings: dict[str, list[float]] = field(default_factory=dict)  # a kind's first ones, against the level
+    first_pairs: dict[str, list[float]] = field(default_factory=dict)  # a kind's first pairs' ratios
     anchor: str | None = None
+
+    def known(self, kind: str, first: int) -> bool:
+        """Whether `kind`'s relative is learned enough to read the level from its timings."""
+        return kind == self.anchor or len(self.first_pairs.get(kind, ())) >= first
 
 
 class CostAwareLength:
@@ -217,6 +223,8 @@ class CostAwareLength:
         self.cost_decay = config.cost_decay if cost_decay is None else cost_decay
         self.level: float | None = None  # (set by the first timed passes: the profile's until then)
         self._level_timings: list[float] = []  # the first timed passes' levels, whose median sets it
+        self._passes = 0  # passes timed in this generation
+        self._recent: dict[str, tuple[int, float]] = {}  # kind -> (pass, the level its last timing read)
         # A one-token pass is memory-bound where wider ones are compute-bound, so the two move
         # apart under conditions the profile did not see: on 2 MB pages (chat, serve, bench) a
         # 1.5B pass over 1 token took 29-38 ms against 41-43 ms on 4 KB pages, over 4 tokens
@@ -309,6 +317,7 @@ class CostAwareLength:
 
     def observe_costs(self, draft_ms_per_step: float | None, verify_ms: float, size: int) -> None:
         """Fold in one pass's measured costs (draft step, if any drafted, and a verify over size)."""
+        self._passes += 1
         self._observe_cost("single" if size == 1 else "wide", verify_ms / self.profile_ms(size))
         if draft_ms_per_step is not None:
             self._observe_cost("draft", draft_ms_per_step / self.draft_profile_ms)
@@ -316,26 +325,45 @@ class CostAwareLength:
 
     def _observe_cost(self, kind: str, scale: float) -> None:
         """A pass of `kind` ran at `scale` times its profiled cost. A kind's relative (but the
-        anchor's) is the median of its first few timings against the level, then moves slowly
-        (a slowdown seen on one kind is mostly the machine's); until then its timings do not
-        move the level. The level is the median of the first few timings that may move it (a
-        process's first pass ran 3.6x the profile here, the next ones 1.1x), then follows each."""
-        known, rel, timed = self.relatives, self.relatives.relative, self.relatives.timed
-        first = self.config.cost_relative_first
+        anchor's) is learned from pairs: its timing over the level that the kind it pairs with
+        read at most `cost_pair_passes` passes before (one-token passes and wider ones with each
+        other, the draft's step with its own pass's verify): the median of its first few pairs,
+        then a running mean. Until then its timings do not move the level. Set against the
+        running level instead, a relative kept its first three timings' guess however many came
+        after, since the level took up each later one: a process's first request timed wide
+        passes 1.07x the one-token pass (0.86x later), and auto stayed out of the draft on the
+        completions that followed. The level is the median of the first timings that may move
+        it (a process's first pass ran 3.6x the profile, the next ones 1.1x), then follows each."""
+        known, rel, config = self.relatives, self.relatives.relative, self.config
         known.anchor = known.anchor or kind
-        timed[kind] = timed.get(kind, 0) + 1
-        if kind != known.anchor and timed[kind] <= first:
-            seen = known.first_timings.setdefault(kind, [])
-            seen.append(scale / (self.level or 1.0))
-            rel[kind] = statistics.median(seen)
-            return
-        if len(self._level_timings) < first:
-            self._level_timings.append(scale / rel[kind])
+        known.timed[kind] = known.timed.get(kind, 0) + 1
+        if kind != known.anchor:
+            reference = self._reference(kind)
+            if reference is not None:
+                pairs = known.first_pairs.setdefault(kind, [])
+                if len(pairs) < config.cost_relative_first:
+                    pairs.append(scale / reference)
+                    rel[kind] = statistics.median(pairs)
+                else:
+                    rel[kind] += (1 - config.cost_relative_decay) * (scale / reference - rel[kind])
+            if not known.known(kind, config.cost_relative_first):
+                return
+        level = scale / rel[kind]
+        self._recent[kind] = (self._passes, level)
+        if len(self._level_timings) < config.cost_relative_first:
+            self._level_timings.append(level)
             self.level = statistics.median(self._level_timings)
         else:
-            self.level = self.cost_decay * self.level + (1 - self.cost_decay) * scale / rel[kind]
-        if kind != known.anchor:
-            rel[kind] += (1 - self.config.cost_relative_decay) * (scale / self.level - rel[kind])
+            self.level = self.cost_decay * self.level + (1 - self.cost_decay) * level
+
+    # What a kind's timing pairs with: verify passes with the other verify kind, a draft step
+    # with its own pass's verify (draft steps and verifies alone would pair in a circle).
+    _PAIRS = {"single": "wide", "wide": "single", "draft": "wide"}
+
+    def _reference(self, kind: str) -> float | None:
+        """The level that the latest timing of the kind `kind` pairs with read, if recent enough."""
+        at, level = self._recent.get(self._PAIRS[kind], (None, None))
+        return level if at is not None and at >= self._passes - self.config.cost_pair_passes else None
 
     def update(self, accepted: int, proposed_depth: int, confidences: Sequence[float] = ()) -> None:
         self.calibration.observe_path(confidences, accepted)

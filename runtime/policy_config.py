@@ -36,10 +36,12 @@ class PolicyConfig:
     length_probe_max: int = 64
     # weight of the running level when a timed pass updates the live costs; set with live costs (bbbd452)
     cost_decay: float = 0.8
-    # first timings whose median sets the level, and each kind's relative to it (a cold first pass ran 3.6x the profile)
+    # first timings whose median sets the level, and pairs each kind's relative (a cold first pass ran 3.6x the profile)
     cost_relative_first: int = 3
-    # then its slow running mean; held-out replays, machine 1.4x slower than profiled: edits 0.97 -> 1.14x best (195068c)
-    cost_relative_decay: float = 0.98
+    # then a running mean of pairs (drift-free, so quicker than the level's 0.98 was; replayed auto unchanged)
+    cost_relative_decay: float = 0.9
+    # a kind's timing pairs with another's at most this many passes before; at 4, a load that began between went 17% into a relative
+    cost_pair_passes: int = 1
 
     # -- without a profile: HF assisted generation's +1/-1 schedule (policy.DraftLength) --
     # first chain length; set with the package (3984bf9)
