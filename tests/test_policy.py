@@ -100,6 +100,38 @@ def test_cost_relatives_outlive_a_generation():
     assert abs(second.draft_ms - 6.0) < 0.01 and abs(fresh.draft_ms - 12.0) < 0.01
 
 
+def test_a_relatives_first_guess_gives_way_to_later_pairs():
+    """The first wide passes ran 1.3x the one-token pass's level (a process's first request),
+    later ones 0.86x with one-token passes between: the relatives follow the pairs, so the
+    draft's entry is priced at what passes cost now. Set against the running level, the
+    relatives kept their first guess (wide 1.20x, draft 1.21x after 30 pairs)."""
+    policy = CostAwareLength(verify_ms=_cpu_verify, draft_ms=10.0, prior=0.85)
+    for _ in range(3):
+        policy.observe_costs(None, _cpu_verify(1), size=1)
+    for _ in range(3):
+        policy.observe_costs(None, _cpu_verify(1), size=1)
+        policy.observe_costs(13.0, 1.3 * _cpu_verify(2), size=2)
+    assert abs(policy.verify_ms(2) - 1.3 * _cpu_verify(2)) < 0.01 * _cpu_verify(2)
+    for _ in range(30):
+        policy.observe_costs(None, _cpu_verify(1), size=1)
+        policy.observe_costs(8.6, 0.86 * _cpu_verify(2), size=2)
+    assert abs(policy.verify_ms(2) - 0.86 * _cpu_verify(2)) < 0.03 * _cpu_verify(2)
+    assert abs(policy.draft_ms - 8.6) < 0.45
+
+
+def test_a_load_that_starts_between_passes_is_the_machines():
+    """A neighbour's load that begins between a wide pass and the next one-token pass is the
+    machine's, not the one-token pass's: only the pass right after pairs with the wide one."""
+    policy = CostAwareLength(verify_ms=_cpu_verify, draft_ms=10.0, prior=0.85)
+    for _ in range(5):
+        policy.observe_costs(None, _cpu_verify(2), size=2)
+        policy.observe_costs(None, _cpu_verify(1), size=1)
+    for _ in range(10):
+        policy.observe_costs(None, 1.5 * _cpu_verify(1), size=1)
+    assert policy.relatives.relative["single"] < 1.06
+    assert abs(policy.verify_ms(2) - 1.5 * _cpu_verify(2)) < 0.08 * _cpu_verify(2)
+
+
 def test_low_acceptance_shrinks_then_probes():
     """A realistic CPU curve: good acceptance drafts several tokens, bad acceptance stops."""
     curve = {1: 43.5, 2: 47, 3: 56, 4: 67, 6: 88, 8: 111, 12: 158, 16: 212}
