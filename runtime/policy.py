@@ -331,8 +331,8 @@ class CostAwareLength:
         then a running mean. Until then its timings do not move the level. Set against the
         running level instead, a relative kept its first three timings' guess however many came
         after, since the level took up each later one: a process's first request timed wide
-        passes 1.07x the one-token pass (0.86x later), and auto stayed out of the draft on the
-        completions that followed. The level is the median of the first timings that may move
+        passes 1.07-1.11x the one-token pass (0.97-1.0x, paired, over later ones), and auto
+        stayed out of the draft on the completions that followed. The level is the median of the first timings that may move
         it (a process's first pass ran 3.6x the profile, the next ones 1.1x), then follows each."""
         known, rel, config = self.relatives, self.relatives.relative, self.config
         known.anchor = known.anchor or kind

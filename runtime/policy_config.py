@@ -38,7 +38,7 @@ class PolicyConfig:
     cost_decay: float = 0.8
     # first timings whose median sets the level, and pairs each kind's relative (a cold first pass ran 3.6x the profile)
     cost_relative_first: int = 3
-    # then a running mean of pairs (drift-free, so quicker than the level's 0.98 was; replayed auto unchanged)
+    # then a running mean of pairs (drift-free, so quicker than 0.98 was against the level; replayed auto unchanged)
     cost_relative_decay: float = 0.9
     # a kind's timing pairs with another's at most this many passes before; at 4, a load that began between went 17% into a relative
     cost_pair_passes: int = 1
