@@ -325,28 +325,28 @@ class CostAwareLength:
 
     def _observe_cost(self, kind: str, scale: float) -> None:
         """A pass of `kind` ran at `scale` times its profiled cost. A kind's relative (but the
-        anchor's) is learned from pairs: its timing over the level that the kind it pairs with
-        read at most `cost_pair_passes` passes before (one-token passes and wider ones with each
-        other, the draft's step with its own pass's verify): the median of its first few pairs,
-        then a running mean. Until then its timings do not move the level. Set against the
-        running level instead, a relative kept its first three timings' guess however many came
-        after, since the level took up each later one: a process's first request timed wide
-        passes 1.07-1.11x the one-token pass (0.97-1.0x, paired, over later ones), and auto
-        stayed out of the draft on the completions that followed. The level is the median of the first timings that may move
-        it (a process's first pass ran 3.6x the profile, the next ones 1.1x), then follows each."""
-        known, rel, config = self.relatives, self.relatives.relative, self.config
-        known.anchor = known.anchor or kind
-        known.timed[kind] = known.timed.get(kind, 0) + 1
-        if kind != known.anchor:
+        anchor's) is learned from pairs (`_PAIRS`): its timing over the level that the kind it
+        pairs with read at most `cost_pair_passes` passes before; the median of its first few
+        pairs, then a running mean. Until then its timings do not move the level. Set against
+        the running level instead, a relative kept its first three timings' guess however many
+        came after, since the level took up each later one: a process's first request timed
+        wide passes 1.07-1.11x the one-token pass (0.97-1.0x, paired, over later ones), and auto
+        stayed out of the draft on the completions that followed. The level is the median of
+        the first timings that may move it (a process's first pass ran 3.6x the profile, the
+        next ones 1.1x), then follows each."""
+        relatives, rel, config = self.relatives, self.relatives.relative, self.config
+        relatives.anchor = relatives.anchor or kind
+        relatives.timed[kind] = relatives.timed.get(kind, 0) + 1
+        if kind != relatives.anchor:
             reference = self._reference(kind)
             if reference is not None:
-                pairs = known.first_pairs.setdefault(kind, [])
+                pairs = relatives.first_pairs.setdefault(kind, [])
                 if len(pairs) < config.cost_relative_first:
                     pairs.append(scale / reference)
                     rel[kind] = statistics.median(pairs)
                 else:
                     rel[kind] += (1 - config.cost_relative_decay) * (scale / reference - rel[kind])
-            if not known.known(kind, config.cost_relative_first):
+            if not relatives.known(kind, config.cost_relative_first):
                 return
         level = scale / rel[kind]
         self._recent[kind] = (self._passes, level)
