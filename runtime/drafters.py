@@ -183,7 +183,6 @@ class ModelDrafter:
         self._steady = False  # whether those steps fed a few tokens each (a prefill is no step)
         self.confidences: list[float] = []  # of the last proposal: the draft's, per chain token
         self.accept: list[float] = []  # ... per node: its calibrated chance, given its parent
-        self._peeked = None  # (context, logits) of the last peek
         self.ids = session.logit_ids  # logit column -> token id (a frequent-token draft head), or None
         self.vocab_size = session.vocab_size
 
@@ -192,7 +191,7 @@ class ModelDrafter:
 
     def reset(self) -> None:
         self.session.reset()
-        self._offset, self._peeked = None, None
+        self._offset = None
 
     @property
     def warm(self) -> bool:
@@ -218,20 +217,8 @@ class ModelDrafter:
         """Tokens a (re)start feeds."""
         return len(context) - self._entry_offset(context)
 
-    def peek(self, context: Sequence[int]) -> int:
-        """The token the draft ranks first after `context`; the step is kept for the next
-        proposal after the same context."""
-        logits = self._logits_after(context)
-        self._peeked = (list(context), logits)
-        best = int(np.argmax(logits))
-        return int(self.ids[best]) if self.ids is not None else best
-
     def _logits_after(self, context: Sequence[int]) -> np.ndarray:
-        """Bring the draft session to `context` (from its offset) and return its next logits,
-        or the logits a `peek` at this context already computed."""
-        peeked, self._peeked = self._peeked, None
-        if peeked is not None and peeked[0] == list(context):
-            return peeked[1]
+        """Bring the draft session to `context` (from its offset) and return its next logits."""
         if self._offset is None or self.lag(context) > self.rejoin:  # (far behind: other drafters')
             self._offset = self._entry_offset(context)
         return self.session.sync(context[self._offset:])
@@ -388,7 +375,16 @@ def _auto(ctx: DraftContext):
     length = CostAwareLength(target.cost, draft.cost(1), config=config, relatives=_relatives(ctx))
     model = ModelDrafter(ctx.draft, ctx.params, tree=tree, length=length, rng=ctx.own_rng(), config=config)
     batch = config.prefill_batch
-    return AutoDrafter(lookup, model, target.cost, draft_prefill_ms=draft.cost(batch) / batch, config=config)
+    return AutoDrafter(lookup, model, target.cost, draft_prefill_ms=draft.cost(batch) / batch, config=config,
+                       code_fences=_code_fences(ctx))
+
+
+def _code_fences(ctx: DraftContext) -> frozenset[int]:
+    """The target vocabulary's tokens that hold a markdown fence (read once per Generator)."""
+    from .auto import code_fences
+    if "code_fences" not in ctx.kept:
+        ctx.kept["code_fences"] = code_fences(ctx.tokenizer.get_vocab() if ctx.tokenizer is not None else {})
+    return ctx.kept["code_fences"]
 
 
 class MixedDrafter:

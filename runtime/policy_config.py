@@ -102,16 +102,15 @@ class PolicyConfig:
     auto_catch_up_passes: int = 4
     # rule: misses in a row before the draft (re)starts; held-out replay, completions 0.96 -> 1.00x best at 0 -> 3
     auto_entry_misses: int = 3
-    # an entry's prefill is spread over this many tokens at most; held-out replay, edits 1.04 -> 1.14x best at 200 -> 96
-    auto_payback_tokens: int = 96
-    # rule: an entry's prefill is priced this many times over; held-out replay, edits 1.04 -> 1.14x best at 1 -> 1.5
-    auto_entry_margin: float = 1.5
-    # target confidence, lookup's share, as means over ~30 emitted tokens: 0.87-0.93 completing, 0.75-0.77 explaining (b01fec8)
+    # an entry's prefill is spread over this many tokens at most; at 96 and a 1.5x margin (b607bc0) no explanation entered live
+    auto_payback_tokens: int = 200
+    # rule: until a copy is located, an entry is priced as if the reply copies the prompt's last fenced
+    # block for its first this many tokens; replayed edits 1.00 -> 1.07x best (held-out), 1.01 -> 1.07x (tuning)
+    auto_copy_prior_tokens: int = 64
+    # the target's confidence as a mean over ~30 emitted tokens: 0.87-0.93 completing, 0.75-0.77 explaining (b01fec8)
     auto_confidence_decay: float = 0.97
-    # emitted tokens whose confidence is scored per pass: each row costs ~0.2 ms at 152k tokens (b01fec8)
-    auto_confidence_rows: int = 4
-    # rule: the draft vets lookup's first token this close behind; held-out replay, completions 23.9 -> 24.3 tok/s
-    auto_peek_lag: int = 4
+    # emitted tokens whose confidence is scored per pass: a row costs ~0.33 ms at 152k tokens; 1, 2, 4: same replays
+    auto_confidence_rows: int = 1
 
     # -- token recycling (recycle.RecycleDrafter) --
     # next-token candidates kept per token: 4.9 MB at 152k tokens; set with recycling (3a057c4)

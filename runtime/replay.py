@@ -188,7 +188,7 @@ class Replay:
 
 @dataclass(frozen=True)
 class ReplaySpec:
-    factory: Callable  # (draft: RecordedDraft | None, costs, config, length) -> drafter or None
+    factory: Callable  # (draft: RecordedDraft | None, costs, config, length, code_fences) -> drafter or None
     needs_draft: bool
 
 
@@ -198,27 +198,28 @@ def _model(draft, costs: Costs, config: PolicyConfig, length: str, tree: bool) -
     return ModelDrafter(draft, _GREEDY, tree=tree, length=policy, rng=np.random.default_rng(0), config=config)
 
 
-def _auto(draft, costs: Costs, config: PolicyConfig, length: str):
+def _auto(draft, costs: Costs, config: PolicyConfig, length: str, fences: frozenset[int]):
     """As drafters._auto builds it: priced (length "cost") or not (no profiles)."""
     lookup = NgramDrafter(config=config)
     if length == "heuristic":
-        return AutoDrafter(lookup, _model(draft, costs, config, length, True) if draft else None, config=config)
+        return AutoDrafter(lookup, _model(draft, costs, config, length, True) if draft else None, config=config,
+                           code_fences=fences)
     if draft is None:
-        return AutoDrafter(lookup, None, costs.target.cost, config=config)
+        return AutoDrafter(lookup, None, costs.target.cost, config=config, code_fences=fences)
     tree = costs.target.cost(config.tree_probe_size) <= config.tree_cost_ratio * costs.target.cost(1)
     prefill = costs.draft_prefill_ms
     if prefill is None:
         prefill = costs.draft.cost(config.prefill_batch) / config.prefill_batch
     return AutoDrafter(lookup, _model(draft, costs, config, length, tree), costs.target.cost,
-                       draft_prefill_ms=prefill, config=config)
+                       draft_prefill_ms=prefill, config=config, code_fences=fences)
 
 
 # The drafters a replay runs, by bench mode name.
 REPLAYERS: dict[str, ReplaySpec] = {
-    "plain": ReplaySpec(lambda draft, costs, config, length: None, needs_draft=False),
-    "chain": ReplaySpec(lambda draft, costs, config, length: _model(draft, costs, config, length, False), True),
-    "tree": ReplaySpec(lambda draft, costs, config, length: _model(draft, costs, config, length, True), True),
-    "ngram": ReplaySpec(lambda draft, costs, config, length: NgramDrafter(config=config), needs_draft=False),
+    "plain": ReplaySpec(lambda draft, costs, config, length, fences: None, needs_draft=False),
+    "chain": ReplaySpec(lambda draft, costs, config, length, fences: _model(draft, costs, config, length, False), True),
+    "tree": ReplaySpec(lambda draft, costs, config, length, fences: _model(draft, costs, config, length, True), True),
+    "ngram": ReplaySpec(lambda draft, costs, config, length, fences: NgramDrafter(config=config), needs_draft=False),
     "auto": ReplaySpec(_auto, needs_draft=False),
 }
 
@@ -255,7 +256,7 @@ def replay(trace: dict, drafter: str, config: PolicyConfig = DEFAULT, length: st
                               recorded["max_len"], trace["vocab_size"], costs)
     # auto reads the target's top-1 probability only: fillers need only stay below it
     target = RecordedRows(trace["target_top"]["ids"], trace["target_top"]["probs"], trace["vocab_size"], ranked=False)
-    policy = spec.factory(draft, profiles or costs, config, length)
+    policy = spec.factory(draft, profiles or costs, config, length, frozenset(trace.get("code_fences", ())))
     if policy is not None:
         policy.start(len(prompt), trace["end"])
     result = Replay(drafter, len(output) - 1, 0.0)

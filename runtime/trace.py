@@ -19,6 +19,8 @@ Format (JSON, gzip when the name ends in .gz), version VERSION:
   vocab_size         the target's vocabulary
   prompt, output     token ids; output: the first token (the prefill's), then every pass's
                      emitted tokens (the last pass may run past an end token the Generator cut)
+  code_fences        the vocabulary's tokens that hold a markdown fence (auto finds the
+                     prompt's code blocks by them); optional, none where absent
   policy_config      every PolicyConfig field the generation ran with
   costs              target_ms {tokens: ms of a target pass} and its source ("profile" or
                      "passes": medians of the recorded verify times by tree size); overhead_ms
@@ -52,6 +54,7 @@ import numpy as np
 
 from ..contract.errors import InputError
 from ..contract.files import atomic_write_bytes
+from .auto import code_fences
 from .drafters import Drafter, PassReport, top_candidates
 from .policy import CostAwareLength, DraftLength
 from .sampling import SamplingParams
@@ -176,7 +179,8 @@ class Tracing:
             "format": FORMAT, "version": VERSION, "meta": dict(meta or {}),
             "drafter": rec.name, "length": rec.length_policy(), "tree": bool(gen.tree), "budget": int(gen.budget),
             "max_len": int(gen.target.max_len), "end": rec.end, "vocab_size": int(gen.target.vocab_size),
-            "prompt": prompt, "output": output, "policy_config": asdict(config),
+            "prompt": prompt, "output": output, "code_fences": sorted(code_fences(gen.tokenizer.get_vocab())),
+            "policy_config": asdict(config),
             "costs": costs(passes, gen.target, self.draft, draft, gen.budget, config.prefill_batch),
             "target_top": {"k": TARGET_TOP, "ids": target_ids, "probs": target_probs},
             "draft": draft, "passes": passes,

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from edgespec.devices.profile import Profile
+from edgespec.runtime.auto import code_fences, last_code_block
 from edgespec.runtime.policy_config import DEFAULT
 from edgespec.runtime.replay import Costs, replay
 from edgespec.runtime.trace import load_trace
@@ -37,19 +38,20 @@ def test_auto_keeps_up_with_the_best_single_drafter_on_each_reply(traces, prompt
 def test_an_edit_is_copied_by_lookup_and_the_model_stays_out(traces):
     """The reply copies its prompt with a few changes: lookup drafts every copy, and since the
     prompt left to copy shortens the model's payback horizon, its prefill is never paid at an
-    edit point. Entering anyway (entry rules loosened) is slower."""
+    edit point. Before the first copy is located, the prompt's code block stands for it:
+    without that prior the model enters in the reply's opening sentence, and the edit is slower."""
     trace = traces["edit-rename-variable"]
     r = replay(trace, "auto")
     assert r.choices["long"] >= 50 and r.choices["model"] == r.choices["both"] == 0
     assert r.policy.to_copy > 0
-    loose = replay(trace, "auto", replace(DEFAULT, auto_entry_misses=0, auto_entry_margin=0.5))
-    assert loose.choices["model"] > 0 and loose.tok_s < 0.95 * r.tok_s
+    unprimed = replay(trace, "auto", replace(DEFAULT, auto_copy_prior_tokens=0))
+    assert unprimed.choices["model"] > 0 and unprimed.tok_s < 0.95 * r.tok_s
 
 
 def test_an_edit_keeps_the_model_out_when_the_draft_looks_cheaper_than_it_is(traces):
     """A profile taken on a shared CPU is often 15% off. Told the draft costs 15% less than it
-    does, auto still keeps the model out of an edit: lookup takes the passes where it copies,
-    so the model's prefill could pay back only over the rest (lookup_share), not the reply."""
+    does, auto still keeps the model out of an edit: lookup copies the prompt's source first,
+    so the model's prefill could pay back only over what is left (copy_ahead), not the reply."""
     trace = traces["edit-logging"]
     costs = Costs.of(trace)
     cheap = Costs(costs.target, Profile("draft", "cpu", 2, 128, {s: 0.85 * ms for s, ms in costs.draft.pass_ms.items()}),
@@ -59,35 +61,48 @@ def test_an_edit_keeps_the_model_out_when_the_draft_looks_cheaper_than_it_is(tra
     assert told.tok_s >= 0.99 * replay(trace, "auto").tok_s
 
 
-def test_the_entry_margin_keeps_an_unsure_draft_out_of_an_explanation(traces):
-    """On an explanation the target is unsure (top-1 ~0.75) and the draft's chain pays little:
-    at the configured margin its prefill is not paid, and the reply is faster than with the
-    model let in at half that margin."""
+def test_an_explanation_is_drafted_by_the_model_from_its_first_words(traces):
+    """An explanation's prompt holds a code block too (101 tokens here), but a 200-token reply
+    copied that block would still leave the model most of the reply to pay its prefill back
+    over: it enters in the reply's first words and drafts most passes, as fast as the chain."""
     trace = traces["explain-decorator"]
     r = replay(trace, "auto")
-    assert r.choices["model"] == 0 and r.choices["short"] > 0
+    first = r.kinds.index("model")
+    assert sum(a + 1 for a in r.accepted[:first]) <= 16
+    assert r.choices["model"] > sum(r.choices.values()) / 2
+    assert r.tok_s >= 0.97 * replay(trace, "chain").tok_s
     assert 0.6 < r.policy.target_confidence < 0.9
-    eager = replay(trace, "auto", replace(DEFAULT, auto_entry_margin=0.5))
-    assert eager.choices["model"] > 0 and eager.tok_s < r.tok_s
 
 
-def test_a_completion_is_drafted_by_the_model_which_vets_lookup(traces):
-    """Fresh code: the model drafts most passes; while it follows the context, its first token
-    checks each lookup proposal, and turns some down (those passes the model drafts instead).
-    With the check off, no proposal is checked."""
+def test_a_long_max_tokens_does_not_let_the_model_into_an_edit(traces):
+    """The copy comes first: what lookup is expected to copy is taken from the next
+    auto_payback_tokens, not from a max_tokens far beyond them, so the edit is priced alike."""
+    trace = traces["edit-rename-variable"]
+    far = dict(trace, end=len(trace["prompt"]) + 2000)
+    r = replay(far, "auto")
+    assert r.choices["model"] == r.choices["both"] == 0
+    assert r.tok_s == replay(trace, "auto").tok_s
+
+
+def test_a_model_in_step_gives_way_to_copies_only(traces):
+    """Fresh code: the model drafts most passes. Right after a model pass (the draft is in step,
+    a token or two behind) lookup may take the pass only with a long match, a copy: its
+    guesses from two- or three-token matches are left out, though short matches abound."""
     trace = traces["completion-lru-cache"]
     r = replay(trace, "auto")
     assert r.choices["model"] > sum(r.choices.values()) / 2
-    assert r.policy.peeks > 0 and 0 < r.policy.vetoed <= r.policy.peeks
-    unchecked = replay(trace, "auto", replace(DEFAULT, auto_peek_lag=-1))
-    assert unchecked.policy.peeks == 0
+    after_model = [now for before, now in zip(r.kinds, r.kinds[1:]) if before in ("model", "both")]
+    assert "short" not in after_model and "long" in after_model
+    lookup = replay(trace, "ngram")
+    assert lookup.kinds.count("ngram") > 0
+    assert sum(1 for a in lookup.accepted if a == 0) > 10  # (lookup's many short, missed guesses)
 
 
 def test_a_merged_tree_is_verified_where_width_is_cheap(traces):
     """Where a target pass over 16 tokens costs about one over 1, lookup's proposal grafted
     onto the model's chain adds expected tokens for nothing, and auto verifies both; on the
     recorded CPU's curve (a fourth token costs ~25% of a pass) it does not."""
-    trace = traces["completion-lru-cache"]
+    trace = traces["explain-decorator"]
     costs = Costs.of(trace)
     one = costs.target.cost(1)
     flat = Costs(Profile("flat", "cpu", 2, 128, {1: one, 16: 1.05 * one}), costs.draft,
@@ -103,3 +118,24 @@ def test_lookup_acceptance_is_learned_per_match_length(traces):
     cal = r.policy.calibration
     assert cal.counts != [[DEFAULT.prior_trials, p * DEFAULT.prior_trials] for p in DEFAULT.lookup_match_priors]
     assert cal(16) > 0.8 and cal(6) > 0.9 and cal(2) < cal(6)
+
+
+def test_the_last_closed_code_block_is_what_an_edit_copies():
+    """Fences pair from the first: the last pair bounds the block; an unclosed last fence (a
+    reply prefilled with ```python) opens a block the reply writes, and does not count."""
+    f = frozenset({7})
+    assert last_code_block([1, 7, 2, 2, 2, 7, 3], f) == 3
+    assert last_code_block([7, 2, 7, 4, 4, 7, 5, 5, 5, 5, 7, 1], f) == 4
+    assert last_code_block([7, 2, 2, 7, 1, 7, 9], f) == 2
+    assert last_code_block([1, 2, 3], f) == last_code_block([7, 1, 2], f) == 0
+    assert code_fences({"```": 5, "Ġ```ĊĊ": 6, "``": 7, "code": 8}) == {5, 6}
+
+
+def test_the_recorded_prompts_code_blocks(traces):
+    """The Qwen vocabulary's fences, as the traces carry them, bound each prompt's code: an
+    edit's block is most of its prompt, an explanation's about two thirds, a completion has none."""
+    share = {name: last_code_block(t["prompt"], frozenset(t["code_fences"])) / len(t["prompt"])
+             for name, t in traces.items()}
+    assert share["edit-rename-variable"] > 0.7 and share["edit-logging"] > 0.6
+    assert 0.5 < share["explain-decorator"] < 0.8
+    assert share["completion-lru-cache"] == 0

@@ -128,8 +128,8 @@ def test_a_generators_config_reaches_the_drafters_it_builds(tiny_bundle, tiny_dr
     from edgespec.runtime.session import Session
     gen = Generator(Session(tiny_bundle), Session(tiny_draft_bundle), drafter="auto")
     gen.use_profiles = False
-    gen.policy_config = replace(DEFAULT, lookup_max_ngram=3, draft_window=64, auto_peek_lag=5)
+    gen.policy_config = replace(DEFAULT, lookup_max_ngram=3, draft_window=64, auto_copy_prior_tokens=5)
     auto = drafters.create("auto", gen.draft_context(SamplingParams()))
-    assert (auto.config.auto_peek_lag, auto.lookup.max_ngram, auto.model.window) == (5, 3, 64)
+    assert (auto.config.auto_copy_prior_tokens, auto.lookup.max_ngram, auto.model.window) == (5, 3, 64)
     lookup, model, _ = drafters.create("mixed", gen.draft_context(SamplingParams())).members
     assert (lookup.max_ngram, model.window) == (3, 64)

@@ -64,6 +64,15 @@ def test_a_trace_holds_the_reply_and_every_pass(ngram_trace):
     assert t["costs"]["target_ms"] and t["costs"]["draft_ms"]["1"] > 0
 
 
+def test_a_trace_keeps_the_fences_auto_finds_code_blocks_by(ngram_trace, sessions):
+    """Replay prices auto's copy prior as the run did: from the tokenizer's fence tokens."""
+    from edgespec.runtime.api import Generator
+    from edgespec.runtime.auto import code_fences
+    gen = Generator(*sessions, drafter="ngram")
+    assert ngram_trace["code_fences"] == sorted(code_fences(gen.tokenizer.get_vocab()))
+
+
+
 def test_lookup_replays_pass_for_pass(ngram_trace):
     """Prompt lookup is model-free and deterministic: the replay proposes the same trees and
     the target accepts as much of each."""
