@@ -376,15 +376,16 @@ def _auto(ctx: DraftContext):
     model = ModelDrafter(ctx.draft, ctx.params, tree=tree, length=length, rng=ctx.own_rng(), config=config)
     batch = config.prefill_batch
     return AutoDrafter(lookup, model, target.cost, draft_prefill_ms=draft.cost(batch) / batch, config=config,
-                       code_fences=_code_fences(ctx))
+                       code_fences=kept_code_fences(ctx.tokenizer, ctx.kept))
 
 
-def _code_fences(ctx: DraftContext) -> frozenset[int]:
-    """The target vocabulary's tokens that hold a markdown fence (read once per Generator)."""
+def kept_code_fences(tokenizer, kept: dict) -> frozenset[int]:
+    """The tokenizer's tokens that hold a markdown fence, read once into `kept` (a Generator's
+    drafter state): reading Qwen's vocabulary takes ~250 ms."""
     from .auto import code_fences
-    if "code_fences" not in ctx.kept:
-        ctx.kept["code_fences"] = code_fences(ctx.tokenizer.get_vocab() if ctx.tokenizer is not None else {})
-    return ctx.kept["code_fences"]
+    if "code_fences" not in kept:
+        kept["code_fences"] = code_fences(tokenizer.get_vocab() if tokenizer is not None else {})
+    return kept["code_fences"]
 
 
 class MixedDrafter:

@@ -54,8 +54,7 @@ import numpy as np
 
 from ..contract.errors import InputError
 from ..contract.files import atomic_write_bytes
-from .auto import code_fences
-from .drafters import Drafter, PassReport, top_candidates
+from .drafters import Drafter, PassReport, kept_code_fences, top_candidates
 from .policy import CostAwareLength, DraftLength
 from .sampling import SamplingParams
 from .tree import DraftTree
@@ -179,7 +178,8 @@ class Tracing:
             "format": FORMAT, "version": VERSION, "meta": dict(meta or {}),
             "drafter": rec.name, "length": rec.length_policy(), "tree": bool(gen.tree), "budget": int(gen.budget),
             "max_len": int(gen.target.max_len), "end": rec.end, "vocab_size": int(gen.target.vocab_size),
-            "prompt": prompt, "output": output, "code_fences": sorted(code_fences(gen.tokenizer.get_vocab())),
+            "prompt": prompt, "output": output,
+            "code_fences": sorted(kept_code_fences(gen.tokenizer, gen.drafter_state)),
             "policy_config": asdict(config),
             "costs": costs(passes, gen.target, self.draft, draft, gen.budget, config.prefill_batch),
             "target_top": {"k": TARGET_TOP, "ids": target_ids, "probs": target_probs},
