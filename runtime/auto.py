@@ -19,10 +19,10 @@ Acceptance estimates are policy.Calibration buckets learned online from every
 verdict; costs are the device profile scaled by the passes timed live (the
 model's length policy keeps that correction). Rules beyond the model, each kept
 for its gain on held-out traces (README, "Drafting policy"): the model (re)starts
-only after `auto_entry_misses` lookup misses in a row; until a copy is located,
-its entry is priced as if the reply will copy the prompt's last fenced code
-block (`auto_copy_prior_tokens`); and a model drafting in step gives way only to
-lookup's long proposals (copies), not to guesses from two- or three-token matches.
+only after `auto_entry_misses` lookup misses in a row; its entry is priced as if
+a reply that opens a code fence copies the rest of the prompt's last fenced block
+(`block_left_to_copy`); and a model drafting in step gives way only to lookup's
+long proposals (copies), not to guesses from two- or three-token matches.
 (Gone: for no held-out gain, a probe verifying a long-declined lookup proposal
 uncut and the draft's first token vetting lookup's proposals; an entry margin,
 whose work the copy prior does and which live kept the model out of explanations.)
@@ -62,7 +62,7 @@ class AutoDrafter:
         self.lookup, self.model, self.profile_ms = lookup, model, verify_ms
         self.draft_prefill_ms = draft_prefill_ms
         self.calibration = Calibration(config.lookup_match_edges, config.lookup_match_priors,
-                                       config.prior_trials, config.acceptance_decay)
+                                       config.prior_trials, config.lookup_acceptance_decay)
         # The draft's per-token acceptance by the target's recent confidence: what an entry is
         # priced at before the draft has drafted (it drafts where it is sure, so above that confidence)
         self.entry_calibration = Calibration(config.entry_confidence_edges, config.entry_acceptance_priors,
@@ -132,17 +132,18 @@ class AutoDrafter:
         return length.rate(k, extra_ms=entry_ms / passes, acceptance=a)
 
     def copy_ahead(self, context) -> int:
-        """Prompt tokens lookup is expected to copy into the rest of the reply: those after the
-        source of the last long copy; before one is located, for the reply's first
-        `auto_copy_prior_tokens`, the prompt's last fenced code block (an edit's reply opens
-        with a sentence or two, then copies the code; without the prior, held-out replays
-        entered edits there and lost 6%)."""
-        if self.to_copy or self.prompt_len is None or \
-                len(context) - self.prompt_len >= self.config.auto_copy_prior_tokens:
+        """Prompt tokens lookup is expected to copy into the rest of the reply: the more of those
+        after the source of the last long copy and what is left of the prompt's last fenced code
+        block (`block_left_to_copy`: an edit's reply opens a fence and copies the code; without
+        that prior, held-out replays entered edits in their opening words and lost 6%). The more:
+        a copy located by its last few tokens may stand at a later repeat of them (edit-pathlib
+        0.99 -> 0.95x the best single mode, priced by the located copy alone)."""
+        if self.prompt_len is None:
             return self.to_copy
         if self._block is None:
             self._block = last_code_block(context[:self.prompt_len], self.code_fences)
-        return self._block
+        return max(self.to_copy, block_left_to_copy(context[self.prompt_len:], self._block, self.code_fences,
+                                                    self.config.auto_copy_prior_tokens))
 
     # ------------------------------------------------------------------ the choice
 
@@ -250,10 +251,9 @@ class AutoDrafter:
                 length.update(0, 0)  # a pass it did not draft: its probe comes due after enough of them
         if report.logits is not None:  # (a report may leave them out: a trace without them)
             self._observe_confidence(report.logits[verdict.accepted[-self.config.auto_confidence_rows:]])
-        if member is self.lookup:
-            n, accepted = self.lookup.long_match, verdict.num_accepted
-            if self.chosen[1] == "long" and accepted >= n and self.prompt_len is not None:
-                self._locate_copy(verdict.tokens[accepted - n:accepted])
+        if member is self.lookup and self.chosen[1] == "long" and verdict.num_accepted and self.prompt_len is not None:
+            n = self.lookup.long_match  # (the match it followed ends the context it proposed from)
+            self._locate_copy((self.lookup.context[-n:] + verdict.tokens[:verdict.num_accepted])[-n:])
 
     def _model_report(self, report):
         """The pass as the model drafted it: in a merged tree, its own nodes' verdict."""
@@ -280,8 +280,8 @@ class AutoDrafter:
             node, depth = nxt, depth + 1
 
     def _locate_copy(self, copied) -> None:
-        """Where in the prompt a long copy just accepted stands (`copied`: its last accepted
-        tokens, before the target's own token, which may be an edit), and so how much of the
+        """Where in the prompt a long copy just accepted stands (`copied`: the context's last
+        tokens up to its last accepted one, before the target's own token, which may be an edit), and so how much of the
         prompt is left to copy: lookup is expected to copy it, so the model's entry must pay
         back within what the reply has left beyond it (on edit-logging, an entry at an edit
         point took the reply from 1.74x plain to 1.41x)."""
@@ -320,3 +320,18 @@ def last_code_block(prompt, code_fences: frozenset[int]) -> int:
     fences = [i for i, token in enumerate(prompt) if token in code_fences]
     closed = len(fences) - len(fences) % 2
     return fences[closed - 1] - fences[closed - 2] - 1 if closed else 0
+
+
+def block_left_to_copy(reply, block: int, code_fences: frozenset[int], wait: int) -> int:
+    """Tokens of the prompt's last code block (`block` long) a reply is still expected to copy,
+    before a copy is located: the block less what the reply has written since it opened a fence
+    in its first `wait` tokens; none once that fence is closed, or where the reply has written
+    `wait` tokens without one (an explanation: its prose opens no fence; every edit recorded
+    opens one at its first token)."""
+    opened = next((i for i, token in enumerate(reply[:wait]) if token in code_fences), None)
+    if opened is None:
+        return block if len(reply) < wait else 0
+    written = reply[opened + 1:]
+    if any(token in code_fences for token in written):
+        return 0
+    return max(0, block - len(written))

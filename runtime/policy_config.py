@@ -68,8 +68,9 @@ class PolicyConfig:
     tree_probe_size: int = 8
     # on the 2-core CPU each extra verified token cost ~25% of a pass and trees lost (bbbd452)
     tree_cost_ratio: float = 1.5
-    # the draft's prefill cost per token is its profile's cost(prefill_batch) / prefill_batch (9a06240)
-    prefill_batch: int = 8
+    # the draft's prefill cost per token is its profile's cost(prefill_batch) / prefill_batch; 8 (9a06240)
+    # priced the 0.5B's 128-token prefill 1.6x what it cost (1.96 ms a token against 1.24; 32: 1.40)
+    prefill_batch: int = 32
 
     # -- prompt lookup (ngram.NgramDrafter) --
     # longest suffix n-gram looked up; set with the package (3984bf9)
@@ -94,6 +95,9 @@ class PolicyConfig:
     lookup_match_edges: tuple[float, ...] = (3, 4, 6, 10, 16)
     # acceptance per bucket before evidence: measured 0.45/0.55/0.60/0.86/0.98/0.97 on code.json's traces (AMD)
     lookup_match_priors: tuple[float, ...] = (0.45, 0.55, 0.6, 0.85, 0.95, 0.97)
+    # per-trial forgetting of those buckets: a copy's proposal is up to 10 trials, so 0.9 forgot all but its last
+    # pass (16+ read 0.84-0.90 after edits that accepted 0.97 of them); tuning edits 0.924 -> 0.955x best at 0.97
+    lookup_acceptance_decay: float = 0.97
     # buckets of the target's recent top-1 probability, by which an entry is priced
     entry_confidence_edges: tuple[float, ...] = (0.7, 0.8, 0.9)
     # the draft's acceptance per bucket before evidence: code.json's chain replays accepted 0.67/0.87/0.84/0.90
@@ -104,9 +108,11 @@ class PolicyConfig:
     auto_entry_misses: int = 3
     # an entry's prefill is spread over this many tokens at most; at 96 and a 1.5x margin (b607bc0) no explanation entered live
     auto_payback_tokens: int = 200
-    # rule: until a copy is located, an entry is priced as if the reply copies the prompt's last fenced
-    # block for its first this many tokens; replayed edits 1.00 -> 1.07x best (held-out), 1.01 -> 1.07x (tuning)
-    auto_copy_prior_tokens: int = 64
+    # rule: an entry is priced as if the reply copies what is left of the prompt's last fenced block from the
+    # fence it opens in its first this many tokens (replayed edits 1.00 -> 1.07x best); a reply of prose opens
+    # none (explanations' first fence: token 47 or none; every recorded edit's: token 0); 8-64 replay alike,
+    # and live the 64 it lapsed at before kept the model out of explain-regex-tokenizer's first 64 tokens
+    auto_copy_prior_tokens: int = 16
     # the target's confidence as a mean over ~30 emitted tokens: 0.87-0.93 completing, 0.75-0.77 explaining (b01fec8)
     auto_confidence_decay: float = 0.97
     # emitted tokens whose confidence is scored per pass: a row costs ~0.33 ms at 152k tokens; 1, 2, 4: same replays

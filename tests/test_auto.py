@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from edgespec.devices.profile import Profile
-from edgespec.runtime.auto import code_fences, last_code_block
+from edgespec.runtime.auto import block_left_to_copy, code_fences, last_code_block
 from edgespec.runtime.policy_config import DEFAULT
 from edgespec.runtime.replay import Costs, replay
 from edgespec.runtime.trace import load_trace
@@ -129,6 +129,30 @@ def test_the_last_closed_code_block_is_what_an_edit_copies():
     assert last_code_block([7, 2, 2, 7, 1, 7, 9], f) == 2
     assert last_code_block([1, 2, 3], f) == last_code_block([7, 1, 2], f) == 0
     assert code_fences({"```": 5, "Ġ```ĊĊ": 6, "``": 7, "code": 8}) == {5, 6}
+
+
+def test_a_reply_copies_the_block_from_the_fence_it_opens():
+    """What is left to copy of a 10-token block: all of it while a reply may still open its fence
+    (wait 4), less what it has written since it did; none once the fence closes, nor for prose
+    that opened none in time (an explanation), even if it quotes code later."""
+    f = frozenset({7})
+    assert block_left_to_copy([], 10, f, 4) == block_left_to_copy([1, 2], 10, f, 4) == 10
+    assert block_left_to_copy([7], 10, f, 4) == 10
+    assert block_left_to_copy([7, 1, 2, 3], 10, f, 4) == 7
+    assert block_left_to_copy([1, 2, 7, 1, 2, 3, 4, 5], 10, f, 4) == 5  # a one-sentence preface
+    assert block_left_to_copy([7] + [1] * 12, 10, f, 4) == 0
+    assert block_left_to_copy([7, 1, 2, 7, 3], 10, f, 4) == 0  # closed
+    assert block_left_to_copy([1, 2, 3, 4], 10, f, 4) == 0
+    assert block_left_to_copy([1, 2, 3, 4, 7, 1], 10, f, 4) == 0
+    assert block_left_to_copy([7, 1], 10, f, 0) == 0  # the prior off
+
+
+def test_a_copys_long_matches_are_trusted_as_they_are_accepted(traces):
+    """Lookup's copy bucket (matches of 16+) must not forget all but the last pass: an edit's
+    copy is accepted ~97% of such tokens, and forgetting at 0.9 a trial (a pass is up to 10)
+    left it at 0.88 after edit-rename-variable, so copies were cut short."""
+    r = replay(traces["edit-rename-variable"], "auto")
+    assert r.policy.calibration(16) >= 0.93
 
 
 def test_the_recorded_prompts_code_blocks(traces):
