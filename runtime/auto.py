@@ -25,7 +25,9 @@ a reply that opens a code fence copies the rest of the prompt's last fenced bloc
 long proposals (copies), not to guesses from two- or three-token matches.
 (Gone: for no held-out gain, a probe verifying a long-declined lookup proposal
 uncut and the draft's first token vetting lookup's proposals; an entry margin,
-whose work the copy prior does and which live kept the model out of explanations.)
+whose work the copy prior does and which live kept the model out of explanations;
+the prompt left after a copy lookup located, which kept it out of an explanation
+that had quoted its code.)
 """
 
 from __future__ import annotations
@@ -74,7 +76,6 @@ class AutoDrafter:
         self._confidence = [0.0, 0.0]  # decayed sum of the target's top-1 probabilities, weight
         self.end: int | None = None  # context length where this generation stops (max_tokens)
         self.prompt_len: int | None = None  # context tokens that are the prompt
-        self.to_copy = 0  # prompt tokens after the source of the last long copy
         self.code_fences = code_fences
         self._block: int | None = None  # tokens in the prompt's last fenced code block (None: not read yet)
         self.choices = {"long": 0, "short": 0, "model": 0, "both": 0, "none": 0}
@@ -118,7 +119,7 @@ class AutoDrafter:
         its (re)start's prefill spread over the passes it is expected to draft: the next
         `auto_payback_tokens` (or those to max_tokens), less what lookup is expected to copy
         first (`copy_ahead`). (Spread over lookup's recent share of them instead, the entry
-        waited out a completion's opening copy; with the copy known, the share added nothing,
+        waited out a completion's opening copy; with the copy priced, the share added nothing,
         even with the draft profiled 15% off.)"""
         length, confidence = self.model.length, self.target_confidence
         a = length.acceptance if confidence is None else self.entry_calibration(confidence)
@@ -132,18 +133,20 @@ class AutoDrafter:
         return length.rate(k, extra_ms=entry_ms / passes, acceptance=a)
 
     def copy_ahead(self, context) -> int:
-        """Prompt tokens lookup is expected to copy into the rest of the reply: the more of those
-        after the source of the last long copy and what is left of the prompt's last fenced code
-        block (`block_left_to_copy`: an edit's reply opens a fence and copies the code; without
-        that prior, held-out replays entered edits in their opening words and lost 6%). The more:
-        a copy located by its last few tokens may stand at a later repeat of them (edit-pathlib
-        0.99 -> 0.95x the best single mode, priced by the located copy alone)."""
+        """Prompt tokens lookup is expected to copy into the rest of the reply: what is left of
+        the prompt's last fenced code block once the reply opens a fence (`block_left_to_copy`:
+        an edit's reply copies its code; without that prior, held-out replays entered edits in
+        their opening words and lost 6%). (Gone: the prompt left after the source of the last
+        copy lookup located. An entry is priced only after lookup's misses, where the reply has
+        left that copy: explain-regex-tokenizer's reply quoted the prompt's pattern, and the
+        142 tokens "ahead" kept the model out of its last 120 tokens, 1.08x plain live against
+        the chain's 1.16x.)"""
         if self.prompt_len is None:
-            return self.to_copy
+            return 0
         if self._block is None:
             self._block = last_code_block(context[:self.prompt_len], self.code_fences)
-        return max(self.to_copy, block_left_to_copy(context[self.prompt_len:], self._block, self.code_fences,
-                                                    self.config.auto_copy_prior_tokens))
+        return block_left_to_copy(context[self.prompt_len:], self._block, self.code_fences,
+                                  self.config.auto_copy_prior_tokens)
 
     # ------------------------------------------------------------------ the choice
 
@@ -251,9 +254,6 @@ class AutoDrafter:
                 length.update(0, 0)  # a pass it did not draft: its probe comes due after enough of them
         if report.logits is not None:  # (a report may leave them out: a trace without them)
             self._observe_confidence(report.logits[verdict.accepted[-self.config.auto_confidence_rows:]])
-        if member is self.lookup and self.chosen[1] == "long" and verdict.num_accepted and self.prompt_len is not None:
-            n = self.lookup.long_match  # (the match it followed ends the context it proposed from)
-            self._locate_copy((self.lookup.context[-n:] + verdict.tokens[:verdict.num_accepted])[-n:])
 
     def _model_report(self, report):
         """The pass as the model drafted it: in a merged tree, its own nodes' verdict."""
@@ -278,16 +278,6 @@ class AutoDrafter:
             if nxt is None:
                 return depth
             node, depth = nxt, depth + 1
-
-    def _locate_copy(self, copied) -> None:
-        """Where in the prompt a long copy just accepted stands (`copied`: the context's last
-        tokens up to its last accepted one, before the target's own token, which may be an edit), and so how much of the
-        prompt is left to copy: lookup is expected to copy it, so the model's entry must pay
-        back within what the reply has left beyond it (on edit-logging, an entry at an edit
-        point took the reply from 1.74x plain to 1.41x)."""
-        end = self.lookup.source_end(copied, self.prompt_len)
-        if end is not None:
-            self.to_copy = self.prompt_len - end
 
     def _observe_confidence(self, rows: np.ndarray) -> None:
         """Fold in the target's top-1 probability at each row (the rows that chose emitted tokens)."""
@@ -323,8 +313,8 @@ def last_code_block(prompt, code_fences: frozenset[int]) -> int:
 
 
 def block_left_to_copy(reply, block: int, code_fences: frozenset[int], wait: int) -> int:
-    """Tokens of the prompt's last code block (`block` long) a reply is still expected to copy,
-    before a copy is located: the block less what the reply has written since it opened a fence
+    """Tokens of the prompt's last code block (`block` long) a reply is still expected to copy:
+    the block less what the reply has written since it opened a fence
     in its first `wait` tokens; none once that fence is closed, or where the reply has written
     `wait` tokens without one (an explanation: its prose opens no fence; every edit recorded
     opens one at its first token)."""

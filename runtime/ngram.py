@@ -77,12 +77,6 @@ class NgramDrafter:
             for n in range(self.min_ngram, min(self.max_ngram, e) + 1):
                 self.index.setdefault(tuple(ctx[e - n:e]), []).append(e)
 
-    def source_end(self, ngram: Sequence[int], limit: int) -> int | None:
-        """Where the latest occurrence of `ngram` that ends before `limit` ends (the position of
-        the token that followed it), or None: where a copy of that occurrence stands."""
-        ends = self.index.get(tuple(ngram), ())  # ascending
-        return next((e for e in reversed(ends) if e < limit), None)
-
     def _match_length(self, e: int, n: int) -> int:
         """How many tokens before position e equal the context's last ones (n are known to),
         counted up to match_cap."""

@@ -37,13 +37,12 @@ def test_auto_keeps_up_with_the_best_single_drafter_on_each_reply(traces, prompt
 
 def test_an_edit_is_copied_by_lookup_and_the_model_stays_out(traces):
     """The reply copies its prompt with a few changes: lookup drafts every copy, and since the
-    prompt left to copy shortens the model's payback horizon, its prefill is never paid at an
-    edit point. Before the first copy is located, the prompt's code block stands for it:
-    without that prior the model enters in the reply's opening sentence, and the edit is slower."""
+    block left to copy from the fence the reply opened shortens the model's payback horizon,
+    its prefill is never paid at an edit point. Without that prior the model enters in the
+    reply's opening words, and the edit is slower."""
     trace = traces["edit-rename-variable"]
     r = replay(trace, "auto")
     assert r.choices["long"] >= 50 and r.choices["model"] == r.choices["both"] == 0
-    assert r.policy.to_copy > 0
     unprimed = replay(trace, "auto", replace(DEFAULT, auto_copy_prior_tokens=0))
     assert unprimed.choices["model"] > 0 and unprimed.tok_s < 0.95 * r.tok_s
 
