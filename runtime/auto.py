@@ -314,10 +314,10 @@ def last_code_block(prompt, code_fences: frozenset[int]) -> int:
 
 def block_left_to_copy(reply, block: int, code_fences: frozenset[int], wait: int) -> int:
     """Tokens of the prompt's last code block (`block` long) a reply is still expected to copy:
-    the block less what the reply has written since it opened a fence
-    in its first `wait` tokens; none once that fence is closed, or where the reply has written
-    `wait` tokens without one (an explanation: its prose opens no fence; every edit recorded
-    opens one at its first token)."""
+    the block less what the reply has written since it opened a fence in its first `wait`
+    tokens; none once that fence is closed, or where the reply has written `wait` tokens
+    without one (an explanation: its prose opens no fence; every edit recorded opens one at
+    its first token)."""
     opened = next((i for i, token in enumerate(reply[:wait]) if token in code_fences), None)
     if opened is None:
         return block if len(reply) < wait else 0
