@@ -145,6 +145,8 @@ class AutoDrafter:
             return 0
         if self._block is None:
             self._block = last_code_block(context[:self.prompt_len], self.code_fences)
+        if not self._block:
+            return 0  # (no block to copy: the reply need not be sliced and scanned each priced pass)
         return block_left_to_copy(context[self.prompt_len:], self._block, self.code_fences,
                                   self.config.auto_copy_prior_tokens)
 
