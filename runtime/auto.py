@@ -111,26 +111,36 @@ class AutoDrafter:
                 return 0.0, False  # (lookup may deliver again: a restart there is paid for one pass)
             return self._entry_rate(context), False
         feed = max(0, model.catch_up(context) - self.config.draft_steady_feed)  # (a few: a draft step)
-        extra_ms = feed * self.prefill_ms() / self.config.auto_catch_up_passes
-        return length.rate(length.k, extra_ms=extra_ms), length.probing
+        return self._rate_paying(context, feed, length.k, length.acceptance), length.probing
 
     def _entry_rate(self, context) -> float:
         """The model's rate at the acceptance calibrated for the target's recent confidence,
-        its (re)start's prefill spread over the passes it is expected to draft: the next
-        `auto_payback_tokens` (or those to max_tokens), less what lookup is expected to copy
-        first (`copy_ahead`). (Spread over lookup's recent share of them instead, the entry
-        waited out a completion's opening copy; with the copy priced, the share added nothing,
-        even with the draft profiled 15% off.)"""
+        paying for its (re)start's prefill (`_rate_paying`)."""
         length, confidence = self.model.length, self.target_confidence
         a = length.acceptance if confidence is None else self.entry_calibration(confidence)
         k = max(range(length.k_max + 1), key=lambda k: length.rate(k, acceptance=a))
+        return self._rate_paying(context, self.model.entry_tokens(context), k, a) if k else 0.0
+
+    def _rate_paying(self, context, tokens: int, k: int, a: float) -> float:
+        """The model's rate drafting k tokens a pass at acceptance a, the `tokens` it must read
+        first (a catch-up, or a (re)start's prompt window) spread over the passes it is expected
+        to draft: the next `auto_payback_tokens` (or those to max_tokens), less what lookup is
+        expected to copy first (`copy_ahead`). A catch-up is priced as an entry is: the
+        model pays it whenever it drafts next, and a plain pass only adds a token to it. Paid
+        over the next 4 passes instead, a catch-up after a copy of 7 tokens priced the model
+        under plain in an explanation, each plain pass after it made it dearer, and the model
+        sat out 80 passes (explain-regex-tokenizer, 3 of 10 live rounds at 0.85-0.93x the chain).
+        (Spread over lookup's recent share of the reply instead, an entry waited out a
+        completion's opening copy; with the copy priced, the share added nothing.)"""
+        length = self.model.length
+        if not tokens:
+            return length.rate(k, acceptance=a)
         left = self.config.auto_payback_tokens if self.end is None else self.end - len(context)
         horizon = min(self.config.auto_payback_tokens, left) - self.copy_ahead(context)
         passes = horizon / expected_tokens(a, k)
-        if k == 0 or passes <= 0:
+        if passes <= 0:
             return 0.0
-        entry_ms = self.model.entry_tokens(context) * self.prefill_ms()
-        return length.rate(k, extra_ms=entry_ms / passes, acceptance=a)
+        return length.rate(k, extra_ms=tokens * self.prefill_ms() / passes, acceptance=a)
 
     def copy_ahead(self, context) -> int:
         """Prompt tokens lookup is expected to copy into the rest of the reply: what is left of

@@ -102,11 +102,9 @@ class PolicyConfig:
     entry_confidence_edges: tuple[float, ...] = (0.7, 0.8, 0.9)
     # the draft's acceptance per bucket before evidence: code.json's chain replays accepted 0.67/0.87/0.84/0.90
     entry_acceptance_priors: tuple[float, ...] = (0.67, 0.87, 0.84, 0.9)
-    # a short catch-up is paid over this many model passes before lookup takes over again (9a06240); 8: same replay
-    auto_catch_up_passes: int = 4
     # rule: misses in a row before the draft (re)starts; held-out replay, completions 0.96 -> 1.00x best at 0 -> 3
     auto_entry_misses: int = 3
-    # an entry's prefill is spread over this many tokens at most; at 96 and a 1.5x margin (b607bc0) no explanation entered live
+    # an entry's prefill or a catch-up is spread over this many tokens at most; at 96 and a 1.5x margin (b607bc0) no explanation entered live
     auto_payback_tokens: int = 200
     # rule: an entry is priced as if the reply copies what is left of the prompt's last fenced block from the
     # fence it opens in its first this many tokens (replayed edits 1.00 -> 1.07x best); a reply of prose opens

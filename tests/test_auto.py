@@ -97,6 +97,24 @@ def test_a_model_in_step_gives_way_to_copies_only(traces):
     assert sum(1 for a in lookup.accepted if a == 0) > 10  # (lookup's many short, missed guesses)
 
 
+def test_plain_passes_do_not_price_a_model_that_fell_behind_out_of_the_reply(traces):
+    """A warm model that fell behind (lookup took a pass, or plain passes followed) reads what it
+    missed whenever it drafts next, and a plain pass only adds a token to that: its catch-up is
+    priced as an entry is, over the passes it is expected to draft, so its price barely moves as
+    the tokens behind it pile up. Paid over the next 4 passes instead, a catch-up after a 7-token
+    copy in an explanation priced the model under plain live, each plain pass made it dearer,
+    and it sat out 80 passes."""
+    trace = traces["explain-decorator"]
+    far = dict(trace, end=len(trace["prompt"]) + 2000)  # (the reply goes on)
+    policy = replay(far, "auto").policy
+    context = list(trace["prompt"]) + list(trace["output"])
+    assert policy.model.warm and policy.model.lag(context) <= 4
+    in_step = policy.model_rate(context)[0]
+    behind = [policy.model_rate(context + context[-n:])[0] for n in (8, 16, 24)]
+    assert in_step > 1.0 / policy.verify_ms(1)
+    assert min(behind) >= 0.97 * in_step, (in_step, behind)
+
+
 def test_a_merged_tree_is_verified_where_width_is_cheap(traces):
     """Where a target pass over 16 tokens costs about one over 1, lookup's proposal grafted
     onto the model's chain adds expected tokens for nothing, and auto verifies both; on the
